@@ -1,0 +1,81 @@
+# Tessera - one flat Makefile. `make` builds build/tessera; `make test` builds and runs
+# every test; `make test SANITIZE=1` runs them under AddressSanitizer + UBSan (in
+# build-san/). Dependencies: scripts/install-deps.sh.
+
+CC      ?= gcc
+PYTHON  ?= /usr/bin/python3
+SANITIZE ?= 0
+WERROR  ?= -Werror
+
+ifeq ($(SANITIZE),1)
+BUILD   ?= build-san
+OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDSAN   := -fsanitize=address,undefined
+else
+BUILD   ?= build
+OPT     := -O2 -g
+LDSAN   :=
+endif
+
+# x86-64-v3 = AVX2 + FMA + F16C (Haswell, 2013, and later); override with ARCH= for older CPUs.
+ifeq ($(shell uname -m),x86_64)
+ARCH    ?= -march=x86-64-v3
+endif
+
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm -pthread)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -Wall -Wextra $(WERROR) -MMD -MP -I. $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := -ljansson -lpng $(BLAS_LIBS) -lm -pthread
+
+ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c engine/models/*.c)
+API_SRC    := api/png_encode.c
+SERVER_SRC := $(wildcard server/*.c)
+LIB_SRC    := $(ENGINE_SRC) $(API_SRC)
+
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC   := $(wildcard tests/test_*.c)
+TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test test-c test-python clean run format
+
+all: $(BUILD)/tessera
+
+$(BUILD)/tessera: $(SERVER_OBJ) $(BUILD)/libtessera.a
+	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libtessera.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libtessera.a
+	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
+
+# Every test binary runs from the repository root (fixtures are found relative to it).
+test: test-c test-python
+
+test-c: $(TEST_BIN) $(BUILD)/tessera
+	@set -e; for t in $(TEST_BIN); do echo "== $$t"; ./$$t; done
+
+# The converter against official-layout checkpoints, and the CLI end to end against the
+# PyTorch reference (needs Debian's python3-torch: scripts/install-deps.sh).
+test-python: $(BUILD)/tessera
+	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
+
+# A sample image from a small random-weight model (until a trained default model ships).
+run: $(BUILD)/tessera
+	$(PYTHON) tools/make_demo_model.py --out $(BUILD)/demo-model
+	./$(BUILD)/tessera generate --model $(BUILD)/demo-model --class 1 --seed 0 --out sample.png
+
+format:
+	clang-format -i $(LIB_SRC) $(SERVER_SRC) $(TEST_SRC) $(wildcard engine/*.h engine/*/*.h api/*.h server/*.h tests/*.h)
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,25 @@
+/* png_encode.h - 8-bit RGB images to PNG bytes (libpng), with tEXt chunks carrying
+ * the generation parameters. */
+#ifndef TS_PNG_ENCODE_H
+#define TS_PNG_ENCODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/error.h"
+
+typedef struct ts_png_text {
+    const char *key;     /* 1-79 Latin-1 characters, as PNG requires */
+    const char *value;
+} ts_png_text;
+
+/* Encodes rgb (h rows of w*3 bytes) into a malloc'd buffer *out of *len bytes that
+ * the caller frees. */
+int ts_png_encode(const uint8_t *rgb, int w, int h, const ts_png_text *text, int n_text,
+                  uint8_t **out, size_t *len, ts_error *err);
+
+/* Encodes and writes to path. */
+int ts_png_write_file(const char *path, const uint8_t *rgb, int w, int h,
+                      const ts_png_text *text, int n_text, ts_error *err);
+
+#endif

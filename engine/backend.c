@@ -1,0 +1,108 @@
+/* backend.c - the public op wrappers: one indirect call each, so models stay
+ * device-free and a backend is chosen once at start-up. */
+#include "backend_impl.h"
+
+#include <stdlib.h>
+
+void ts_backend_free(ts_backend *be)
+{
+    if (be) be->ops->destroy(be);
+}
+
+const char *ts_backend_name(const ts_backend *be) { return be->ops->name; }
+int ts_backend_threads(const ts_backend *be) { return be->n_threads; }
+
+float *ts_be_alloc(ts_backend *be, size_t n) { return be->ops->alloc(be, n); }
+void ts_be_free(ts_backend *be, void *p) { if (p) be->ops->free(be, p); }
+void ts_be_upload(ts_backend *be, float *dst, const float *src, size_t n)
+{
+    be->ops->upload(be, dst, src, n);
+}
+void ts_be_download(ts_backend *be, float *dst, const float *src, size_t n)
+{
+    be->ops->download(be, dst, src, n);
+}
+
+int ts_be_weight_init(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
+                      int64_t n_out, int64_t n_in, ts_error *err)
+{
+    if (t != TS_F32 && t != TS_F16 && t != TS_BF16)
+        return ts_fail(err, TS_ERR_DTYPE, "weights must be F32, F16 or BF16, not %s",
+                       ts_dtype_name(t));
+    return be->ops->weight_init(be, w, host, t, n_out, n_in, err);
+}
+
+void ts_be_weight_release(ts_backend *be, ts_wt *w)
+{
+    if (w && w->data) be->ops->weight_release(be, w);
+}
+
+float *ts_be_vec_from(ts_backend *be, const void *host, ts_dtype t, size_t n)
+{
+    float *tmp = malloc((n ? n : 1) * sizeof *tmp);
+    if (!tmp) return NULL;
+    ts_to_f32(tmp, host, t, n);
+    float *dev = ts_be_alloc(be, n);
+    if (dev) ts_be_upload(be, dev, tmp, n);
+    free(tmp);
+    return dev;
+}
+
+void ts_be_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n)
+{
+    be->ops->embed(be, out, table, ids, n);
+}
+void ts_be_matmul(ts_backend *be, float *out, const float *x, const ts_wt *w,
+                  const float *bias, int m)
+{
+    be->ops->matmul(be, out, x, w, bias, m);
+}
+void ts_be_rmsnorm(ts_backend *be, float *out, const float *x, const float *w,
+                   int m, int dim, float eps)
+{
+    be->ops->rmsnorm(be, out, x, w, m, dim, eps);
+}
+void ts_be_rope(ts_backend *be, float *x, int stride, int m, int n_head, int head_dim,
+                const float *table, const int32_t *pos)
+{
+    be->ops->rope(be, x, stride, m, n_head, head_dim, table, pos);
+}
+void ts_be_swiglu(ts_backend *be, float *out, const float *a, const float *b, size_t n)
+{
+    be->ops->swiglu(be, out, a, b, n);
+}
+void ts_be_add(ts_backend *be, float *x, const float *y, size_t n)
+{
+    be->ops->add(be, x, y, n);
+}
+void ts_be_kv_store(ts_backend *be, const ts_kv_layer *kv, const float *k, const float *v,
+                    int stride, const int32_t *slot, int m)
+{
+    be->ops->kv_store(be, kv, k, v, stride, slot, m);
+}
+void ts_be_attention(ts_backend *be, float *out, const float *q, int q_stride,
+                     const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs)
+{
+    be->ops->attention(be, out, q, q_stride, kv, n_head, seqs, n_seqs);
+}
+void ts_be_conv2d(ts_backend *be, float *out, const float *in, const ts_wt *w,
+                  const float *bias, int n, int cin, int h, int wd, int k, int stride,
+                  int pad_lo, int pad_hi)
+{
+    be->ops->conv2d(be, out, in, w, bias, n, cin, h, wd, k, stride, pad_lo, pad_hi);
+}
+void ts_be_group_norm(ts_backend *be, float *out, const float *in, const float *gamma,
+                      const float *beta, int n, int c, int hw, int groups, float eps,
+                      int swish)
+{
+    be->ops->group_norm(be, out, in, gamma, beta, n, c, hw, groups, eps, swish);
+}
+void ts_be_upsample2x(ts_backend *be, float *out, const float *in, int n, int c, int h, int wd)
+{
+    be->ops->upsample2x(be, out, in, n, c, h, wd);
+}
+void ts_be_spatial_attention(ts_backend *be, float *out, const float *q, const float *k,
+                             const float *v, int n, int c, int hw)
+{
+    be->ops->spatial_attention(be, out, q, k, v, n, c, hw);
+}

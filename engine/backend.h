@@ -1,0 +1,121 @@
+/* backend.h - the small set of tensor operations every model is written against.
+ *
+ * Models (engine/models/) are plain forward functions that call these ops; they never
+ * name a device. A backend (engine/cpu/ today, engine/cuda/ later) implements the ops
+ * table in backend_impl.h. Ownership and memory rules:
+ *
+ *  - Activation buffers are float arrays in *backend memory*, obtained from
+ *    ts_be_alloc and released with ts_be_free. Model code may offset such pointers
+ *    but must not dereference them; data crosses to the host only via
+ *    ts_be_upload / ts_be_download.
+ *  - A ts_wt is a weight matrix [n_out, n_in] (row-major, PyTorch's Linear layout; a
+ *    conv weight [Cout, Cin, kh, kw] is n_out = Cout, n_in = Cin*kh*kw) in F32, F16
+ *    or BF16. ts_be_weight_init makes it from host data that must outlive it (the CPU
+ *    backend reads the memory-mapped file in place; a GPU backend uploads a copy).
+ *  - Small per-channel vectors (norm weights, biases) are converted to float backend
+ *    buffers at load time with ts_be_vec_from.
+ *  - Index arrays (token ids, positions, block tables) are host memory.
+ *
+ * All ops are synchronous from the caller's point of view and run on the thread that
+ * calls them (the backend may use its own worker threads inside an op). A backend is
+ * not thread-safe: one engine thread owns it.
+ */
+#ifndef TS_BACKEND_H
+#define TS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "error.h"
+
+typedef struct ts_backend ts_backend;
+
+typedef struct ts_wt {
+    const void *data;     /* backend memory (or the host mapping on the CPU) */
+    ts_dtype dtype;       /* F32, F16 or BF16 */
+    int64_t n_out, n_in;  /* rows, columns */
+    void *owned;          /* backend-private copy to release, or NULL */
+} ts_wt;
+
+/* One sequence's slice of a batched attention call. Its n_q new tokens sit in rows
+ * [q_row, q_row + n_q) of q and out, at positions [n_ctx - n_q, n_ctx); the cache must
+ * already hold positions [0, n_ctx) (ts_be_kv_store first). */
+typedef struct ts_attn_seq {
+    const int32_t *block_table;   /* host: cache block of each block_size positions */
+    int32_t n_ctx;                /* tokens in the cache, including the new ones */
+    int32_t n_q;                  /* new tokens (query rows) */
+    int32_t q_row;                /* first row of this sequence in q / out */
+} ts_attn_seq;
+
+/* Geometry of one layer of the paged KV cache: n_blocks blocks of block_size
+ * positions, each position holding n_kv_head * head_dim floats for K and for V. */
+typedef struct ts_kv_layer {
+    float *k, *v;          /* backend memory, [n_blocks][block_size][n_kv_head*head_dim] */
+    int32_t block_size;
+    int32_t n_kv_head, head_dim;
+} ts_kv_layer;
+
+/* ---- lifetime ---- */
+ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err);  /* n_threads <= 0: all cores */
+void ts_backend_free(ts_backend *be);                             /* NULL-safe */
+const char *ts_backend_name(const ts_backend *be);
+int ts_backend_threads(const ts_backend *be);
+
+/* ---- memory ---- */
+float *ts_be_alloc(ts_backend *be, size_t n_floats);   /* NULL on failure; zeroed */
+void ts_be_free(ts_backend *be, void *p);              /* NULL-safe */
+void ts_be_upload(ts_backend *be, float *dst, const float *src, size_t n);
+void ts_be_download(ts_backend *be, float *dst, const float *src, size_t n);
+
+int ts_be_weight_init(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
+                      int64_t n_out, int64_t n_in, ts_error *err);
+void ts_be_weight_release(ts_backend *be, ts_wt *w);
+/* A float copy in backend memory of n elements of host data of type t (NULL on OOM). */
+float *ts_be_vec_from(ts_backend *be, const void *host, ts_dtype t, size_t n);
+
+/* ---- transformer ops ---- */
+/* out[i, :] = table[ids[i], :] widened to float. */
+void ts_be_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n);
+/* out[m, n_out] = x[m, n_in] . W^T (+ bias[n_out] if bias). out must not alias x. */
+void ts_be_matmul(ts_backend *be, float *out, const float *x, const ts_wt *w,
+                  const float *bias, int m);
+/* out[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w  over rows of length dim. */
+void ts_be_rmsnorm(ts_backend *be, float *out, const float *x, const float *w,
+                   int m, int dim, float eps);
+/* In place on the first n_head*head_dim floats of each of m rows of x (row stride
+ * `stride` floats), viewed as [n_head, head_dim]: rotates adjacent pairs (x[2j], x[2j+1]) of row i
+ * by table[pos[i]][j] = (cos, sin); table is backend memory, [*, head_dim/2, 2]. */
+void ts_be_rope(ts_backend *be, float *x, int stride, int m, int n_head, int head_dim,
+                const float *table, const int32_t *pos);
+/* out[i] = silu(a[i]) * b[i]. */
+void ts_be_swiglu(ts_backend *be, float *out, const float *a, const float *b, size_t n);
+/* x[i] += y[i]. */
+void ts_be_add(ts_backend *be, float *x, const float *y, size_t n);
+/* Writes rows of k and v ([m, n_kv_head*head_dim], row stride `stride` floats) into the
+ * cache slots slot[i] = block * block_size + offset. */
+void ts_be_kv_store(ts_backend *be, const ts_kv_layer *kv, const float *k, const float *v,
+                    int stride, const int32_t *slot, int m);
+/* Causal attention of each sequence's new queries over its cached keys/values,
+ * scale 1/sqrt(head_dim). q rows have stride q_stride floats; out is [rows, n_head*head_dim]. */
+void ts_be_attention(ts_backend *be, float *out, const float *q, int q_stride,
+                     const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs);
+
+/* ---- convolutional ops (NCHW, float) ---- */
+/* out[n, cout, ho, wo] = conv(in[n, cin, h, w], W[cout, cin, k, k]) + bias, with zero
+ * padding pad_lo before and pad_hi after each spatial axis. */
+void ts_be_conv2d(ts_backend *be, float *out, const float *in, const ts_wt *w,
+                  const float *bias, int n, int cin, int h, int wd, int k, int stride,
+                  int pad_lo, int pad_hi);
+/* GroupNorm over [n, c, hw] with `groups` groups, then x*sigmoid(x) if swish. */
+void ts_be_group_norm(ts_backend *be, float *out, const float *in, const float *gamma,
+                      const float *beta, int n, int c, int hw, int groups, float eps,
+                      int swish);
+/* Nearest-neighbour x2: out[n, c, 2h, 2w]. */
+void ts_be_upsample2x(ts_backend *be, float *out, const float *in, int n, int c, int h, int wd);
+/* Single-head attention over positions of NCHW maps: out[n, :, i] = sum_j
+ * softmax_j(q[:, i].k[:, j] / sqrt(c)) v[:, j]. */
+void ts_be_spatial_attention(ts_backend *be, float *out, const float *q, const float *k,
+                             const float *v, int n, int c, int hw);
+
+#endif

@@ -1,0 +1,623 @@
+/* backend_cpu.c - the CPU backend: every op of backend.h on host memory.
+ *
+ * Parallelism comes from one thread pool (threadpool.c); OpenBLAS is pinned to one
+ * thread and called from inside pool tasks, so the two never fight over the cores.
+ * Weights stay in their file dtype (F32/F16/BF16) and are widened as they are read:
+ *  - matrix-vector shaped products (few rows, the decode step) stream the weight once
+ *    through a vectorised dot kernel: memory bandwidth is the limit there;
+ *  - larger products hand row panels to sgemm, widening non-F32 panels first.
+ * Activations are float, accumulations float (double for norm statistics).
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define TS_HAVE_AVX2 1
+#endif
+
+#include "../backend_impl.h"
+#include "threadpool.h"
+
+/* OpenBLAS extension: its own thread count. */
+void openblas_set_num_threads(int num_threads);
+
+/* Rows at or below this use the streaming dot kernel rather than sgemm. */
+#define SMALL_M 8
+/* Scratch floats per thread: widened weight panels and im2col columns. */
+#define SCRATCH_FLOATS (1u << 22)
+
+typedef struct cpu_backend {
+    ts_backend base;
+    ts_pool *pool;
+    float **scratch;    /* [n_threads][SCRATCH_FLOATS] */
+} cpu_backend;
+
+static cpu_backend *cpu(ts_backend *be) { return (cpu_backend *)be; }
+
+/* ------------------------------------------------------------------ memory */
+
+static float *cpu_alloc(ts_backend *be, size_t n)
+{
+    (void)be;
+    return calloc(n ? n : 1, sizeof(float));
+}
+
+static void cpu_free(ts_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static void cpu_copy(ts_backend *be, float *dst, const float *src, size_t n)
+{
+    (void)be;
+    memmove(dst, src, n * sizeof *dst);
+}
+
+static int cpu_weight_init(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
+                           int64_t n_out, int64_t n_in, ts_error *err)
+{
+    (void)be;
+    (void)err;
+    w->data = host;      /* read in place from the mapping */
+    w->dtype = t;
+    w->n_out = n_out;
+    w->n_in = n_in;
+    w->owned = NULL;
+    return TS_OK;
+}
+
+static void cpu_weight_release(ts_backend *be, ts_wt *w)
+{
+    (void)be;
+    free(w->owned);
+    memset(w, 0, sizeof *w);
+}
+
+/* Widens row r of w into dst (n_in floats). */
+static void wt_row_f32(const ts_wt *w, int64_t r, float *dst)
+{
+    size_t es = ts_dtype_size(w->dtype);
+    ts_to_f32(dst, (const char *)w->data + (size_t)r * (size_t)w->n_in * es, w->dtype,
+              (size_t)w->n_in);
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+typedef struct matmul_job {
+    float *out;
+    const float *x;
+    const ts_wt *w;
+    const float *bias;
+    int m;
+    int64_t rows_per_task;
+    cpu_backend *be;
+} matmul_job;
+
+#ifdef TS_HAVE_AVX2
+static inline __m256 load8(const void *p, ts_dtype t, int64_t i)
+{
+    if (t == TS_F32) return _mm256_loadu_ps((const float *)p + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    if (t == TS_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+static inline float load1(const void *p, ts_dtype t, int64_t i)
+{
+    if (t == TS_F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return t == TS_F16 ? ts_f16_to_f32(h) : ts_bf16_to_f32(h);
+}
+
+/* out[i, r] for rows r in [r0, r1) and i < m <= SMALL_M: each weight row is read once
+ * and dotted with every x row. Inlined per dtype so the loads specialise. */
+static inline __attribute__((always_inline)) void
+dot_rows(float *out, const float *x, const void *w, ts_dtype t, int64_t n_in,
+         int64_t n_out, const float *bias, int m, int64_t r0, int64_t r1)
+{
+    size_t es = ts_dtype_size(t);
+    for (int64_t r = r0; r < r1; r++) {
+        const void *row = (const char *)w + (size_t)r * (size_t)n_in * es;
+        float acc[SMALL_M];
+        int64_t k = 0;
+#ifdef TS_HAVE_AVX2
+        __m256 a[SMALL_M];
+        for (int i = 0; i < m; i++) a[i] = _mm256_setzero_ps();
+        for (; k + 8 <= n_in; k += 8) {
+            __m256 wv = load8(row, t, k);
+            for (int i = 0; i < m; i++)
+                a[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)i * n_in + k), a[i]);
+        }
+        for (int i = 0; i < m; i++) acc[i] = hsum8(a[i]);
+#else
+        for (int i = 0; i < m; i++) acc[i] = 0.0f;
+#endif
+        for (; k < n_in; k++) {
+            float wv = load1(row, t, k);
+            for (int i = 0; i < m; i++) acc[i] += wv * x[(size_t)i * n_in + k];
+        }
+        float b = bias ? bias[r] : 0.0f;
+        for (int i = 0; i < m; i++) out[(size_t)i * n_out + r] = acc[i] + b;
+    }
+}
+
+static void matmul_small_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    matmul_job *j = ctx;
+    int64_t r0 = task * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task;
+    if (r1 > j->w->n_out) r1 = j->w->n_out;
+    const ts_wt *w = j->w;
+    switch (w->dtype) {
+    case TS_F32: dot_rows(j->out, j->x, w->data, TS_F32, w->n_in, w->n_out, j->bias, j->m, r0, r1); break;
+    case TS_F16: dot_rows(j->out, j->x, w->data, TS_F16, w->n_in, w->n_out, j->bias, j->m, r0, r1); break;
+    default:     dot_rows(j->out, j->x, w->data, TS_BF16, w->n_in, w->n_out, j->bias, j->m, r0, r1); break;
+    }
+}
+
+/* A panel of output columns [r0, r1) for all m rows via sgemm. */
+static void matmul_gemm_task(void *ctx, int task, int thread)
+{
+    matmul_job *j = ctx;
+    const ts_wt *w = j->w;
+    int64_t r0 = task * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task;
+    if (r1 > w->n_out) r1 = w->n_out;
+    int64_t nr = r1 - r0;
+    const float *panel;
+    if (w->dtype == TS_F32) {
+        panel = (const float *)w->data + (size_t)r0 * (size_t)w->n_in;
+    } else {
+        float *s = j->be->scratch[thread];
+        for (int64_t r = 0; r < nr; r++) wt_row_f32(w, r0 + r, s + (size_t)r * (size_t)w->n_in);
+        panel = s;
+    }
+    float *out = j->out + r0;
+    if (j->bias) {
+        for (int i = 0; i < j->m; i++)
+            memcpy(out + (size_t)i * w->n_out, j->bias + r0, (size_t)nr * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->m, (int)nr, (int)w->n_in, 1.0f,
+                j->x, (int)w->n_in, panel, (int)w->n_in, j->bias ? 1.0f : 0.0f, out,
+                (int)w->n_out);
+}
+
+static void cpu_matmul(ts_backend *be, float *out, const float *x, const ts_wt *w,
+                       const float *bias, int m)
+{
+    cpu_backend *c = cpu(be);
+    matmul_job j = {out, x, w, bias, m, 0, c};
+    int nt = be->n_threads;
+    if (m <= SMALL_M) {
+        /* Enough tasks to balance, each a contiguous stripe of rows. */
+        j.rows_per_task = (w->n_out + 8 * nt - 1) / (8 * nt);
+        if (j.rows_per_task < 16) j.rows_per_task = 16;
+        int tasks = (int)((w->n_out + j.rows_per_task - 1) / j.rows_per_task);
+        ts_pool_run(c->pool, tasks, matmul_small_task, &j);
+        return;
+    }
+    /* Panels sized to the scratch (for widened weights) and to share the work. */
+    int64_t rows = SCRATCH_FLOATS / (w->n_in > 0 ? w->n_in : 1);
+    int64_t even = (w->n_out + nt - 1) / nt;
+    if (rows > even) rows = even;
+    if (rows > 256 && w->dtype == TS_F32) rows = (rows / 64) * 64;
+    if (rows < 1) rows = 1;
+    j.rows_per_task = rows;
+    int tasks = (int)((w->n_out + rows - 1) / rows);
+    ts_pool_run(c->pool, tasks, matmul_gemm_task, &j);
+}
+
+/* ------------------------------------------------------------------ elementwise */
+
+static void cpu_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n)
+{
+    (void)be;
+    for (int i = 0; i < n; i++) wt_row_f32(table, ids[i], out + (size_t)i * (size_t)table->n_in);
+}
+
+static void cpu_rmsnorm(ts_backend *be, float *out, const float *x, const float *w,
+                        int m, int dim, float eps)
+{
+    (void)be;
+    for (int i = 0; i < m; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        float ss = 0.0f;     /* float accumulation, as torch.mean over fp32 does */
+        for (int d = 0; d < dim; d++) ss += xi[d] * xi[d];
+        float r = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int d = 0; d < dim; d++) oi[d] = (xi[d] * r) * w[d];
+    }
+}
+
+static void cpu_rope(ts_backend *be, float *x, int stride, int m, int n_head, int head_dim,
+                     const float *table, const int32_t *pos)
+{
+    (void)be;
+    int half = head_dim / 2;
+    for (int i = 0; i < m; i++) {
+        const float *cs = table + (size_t)pos[i] * half * 2;
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + (size_t)i * stride + (size_t)h * head_dim;
+            for (int j = 0; j < half; j++) {
+                float a = v[2 * j], b = v[2 * j + 1];
+                float c = cs[2 * j], s = cs[2 * j + 1];
+                v[2 * j] = a * c - b * s;
+                v[2 * j + 1] = b * c + a * s;
+            }
+        }
+    }
+}
+
+static void cpu_swiglu(ts_backend *be, float *out, const float *a, const float *b, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) out[i] = (a[i] / (1.0f + expf(-a[i]))) * b[i];
+}
+
+static void cpu_add(ts_backend *be, float *x, const float *y, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static void cpu_kv_store(ts_backend *be, const ts_kv_layer *kv, const float *k, const float *v,
+                         int stride, const int32_t *slot, int m)
+{
+    (void)be;
+    size_t dim = (size_t)kv->n_kv_head * kv->head_dim;
+    for (int i = 0; i < m; i++) {
+        memcpy(kv->k + (size_t)slot[i] * dim, k + (size_t)i * stride, dim * sizeof(float));
+        memcpy(kv->v + (size_t)slot[i] * dim, v + (size_t)i * stride, dim * sizeof(float));
+    }
+}
+
+typedef struct attn_job {
+    float *out;
+    const float *q;
+    int q_stride;
+    const ts_kv_layer *kv;
+    int n_head;
+    const ts_attn_seq *seqs;
+    cpu_backend *be;
+} attn_job;
+
+static inline const float *kv_at(const float *base, const ts_kv_layer *kv,
+                                 const int32_t *table, int pos, int kvh)
+{
+    size_t slot = (size_t)table[pos / kv->block_size] * kv->block_size + pos % kv->block_size;
+    return base + (slot * kv->n_kv_head + kvh) * kv->head_dim;
+}
+
+/* One (sequence, head) pair: every new query row of that sequence, scores kept in the
+ * thread's scratch (n_ctx <= SCRATCH_FLOATS, far above any model's context). */
+static void attn_task(void *ctx, int task, int thread)
+{
+    attn_job *j = ctx;
+    const ts_attn_seq *sq = &j->seqs[task / j->n_head];
+    int h = task % j->n_head;
+    const ts_kv_layer *kv = j->kv;
+    float *scores = j->be->scratch[thread];
+    int hd = kv->head_dim;
+    int kvh = h / (j->n_head / kv->n_kv_head);
+    float scale = 1.0f / sqrtf((float)hd);
+    int first = sq->n_ctx - sq->n_q;
+    for (int i = 0; i < sq->n_q; i++) {
+        int row = sq->q_row + i;
+        int n_keys = first + i + 1;    /* causal: keys up to this query's position */
+        const float *qi = j->q + (size_t)row * j->q_stride + (size_t)h * hd;
+        float mx = -INFINITY;
+        for (int t = 0; t < n_keys; t++) {
+            const float *kt = kv_at(kv->k, kv, sq->block_table, t, kvh);
+            float d = 0.0f;
+            for (int e = 0; e < hd; e++) d += qi[e] * kt[e];
+            d *= scale;
+            scores[t] = d;
+            if (d > mx) mx = d;
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < n_keys; t++) {
+            scores[t] = expf(scores[t] - mx);
+            sum += scores[t];
+        }
+        float inv = 1.0f / sum;
+        float *o = j->out + (size_t)row * j->n_head * hd + (size_t)h * hd;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        for (int t = 0; t < n_keys; t++) {
+            const float *vt = kv_at(kv->v, kv, sq->block_table, t, kvh);
+            float p = scores[t] * inv;
+            for (int e = 0; e < hd; e++) o[e] += p * vt[e];
+        }
+    }
+}
+
+static void cpu_attention(ts_backend *be, float *out, const float *q, int q_stride,
+                          const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs)
+{
+    cpu_backend *c = cpu(be);
+    attn_job j = {out, q, q_stride, kv, n_head, seqs, c};
+    ts_pool_run(c->pool, n_seqs * n_head, attn_task, &j);
+}
+
+/* ------------------------------------------------------------------ convolution */
+
+typedef struct conv_job {
+    float *out;
+    const float *in;
+    const float *wf;          /* weights as float [cout, cin*k*k] */
+    const float *bias;
+    int cin, h, wd, cout, k, stride, pad;
+    int ho, wo;
+    int cols_per_task, tasks_per_image;
+    cpu_backend *be;
+} conv_job;
+
+/* Output pixels [p0, p0+pc) of one image: im2col into scratch, then one sgemm. */
+static void conv_task(void *ctx, int task, int thread)
+{
+    conv_job *j = ctx;
+    int img = task / j->tasks_per_image;
+    int p0 = (task % j->tasks_per_image) * j->cols_per_task;
+    int P = j->ho * j->wo;
+    int pc = P - p0 < j->cols_per_task ? P - p0 : j->cols_per_task;
+    int K = j->cin * j->k * j->k;
+    const float *in = j->in + (size_t)img * j->cin * j->h * j->wd;
+    float *out = j->out + (size_t)img * j->cout * P + p0;
+    const float *b;
+    int ldb;
+    if (j->k == 1 && j->stride == 1 && j->pad == 0) {
+        b = in + p0;        /* a 1x1 conv reads the input as is */
+        ldb = P;
+    } else {
+        float *col = j->be->scratch[thread];
+        for (int ci = 0; ci < j->cin; ci++)
+            for (int ky = 0; ky < j->k; ky++)
+                for (int kx = 0; kx < j->k; kx++) {
+                    float *dst = col + (size_t)((ci * j->k + ky) * j->k + kx) * pc;
+                    const float *src = in + (size_t)ci * j->h * j->wd;
+                    for (int p = 0; p < pc; p++) {
+                        int oy = (p0 + p) / j->wo, ox = (p0 + p) % j->wo;
+                        int iy = oy * j->stride + ky - j->pad;
+                        int ix = ox * j->stride + kx - j->pad;
+                        dst[p] = (iy >= 0 && iy < j->h && ix >= 0 && ix < j->wd)
+                                     ? src[(size_t)iy * j->wd + ix] : 0.0f;
+                    }
+                }
+        b = col;
+        ldb = pc;
+    }
+    if (j->bias)
+        for (int co = 0; co < j->cout; co++)
+            for (int p = 0; p < pc; p++) out[(size_t)co * P + p] = j->bias[co];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->cout, pc, K, 1.0f, j->wf, K,
+                b, ldb, j->bias ? 1.0f : 0.0f, out, P);
+}
+
+static void cpu_conv2d(ts_backend *be, float *out, const float *in, const ts_wt *w,
+                       const float *bias, int n, int cin, int h, int wd, int k, int stride,
+                       int pad_lo, int pad_hi)
+{
+    cpu_backend *c = cpu(be);
+    int K = cin * k * k;
+    conv_job j = {0};
+    j.out = out;
+    j.in = in;
+    j.bias = bias;
+    j.cin = cin;
+    j.h = h;
+    j.wd = wd;
+    j.cout = (int)w->n_out;
+    j.k = k;
+    j.stride = stride;
+    j.pad = pad_lo;   /* pad_hi only changes the output size: reads past the edge are zero */
+    j.ho = (h + pad_lo + pad_hi - k) / stride + 1;
+    j.wo = (wd + pad_lo + pad_hi - k) / stride + 1;
+    j.be = c;
+    float *widened = NULL;
+    if (w->dtype == TS_F32) {
+        j.wf = w->data;
+    } else {
+        widened = malloc((size_t)w->n_out * K * sizeof *widened);
+        if (!widened) abort();   /* weight-sized; failing here means the machine is out */
+        ts_to_f32(widened, w->data, w->dtype, (size_t)w->n_out * K);
+        j.wf = widened;
+    }
+    int P = j.ho * j.wo;
+    int cols = (int)(SCRATCH_FLOATS / (unsigned)K);
+    int per_thread = (n * P + be->n_threads - 1) / be->n_threads;
+    if (cols > per_thread) cols = per_thread;
+    if (cols > P) cols = P;
+    if (cols < 1) cols = 1;
+    j.cols_per_task = cols;
+    j.tasks_per_image = (P + cols - 1) / cols;
+    ts_pool_run(c->pool, n * j.tasks_per_image, conv_task, &j);
+    free(widened);
+}
+
+/* ------------------------------------------------------------------ group norm */
+
+typedef struct gn_job {
+    float *out;
+    const float *in;
+    const float *gamma, *beta;
+    int c, hw, groups, swish;
+    float eps;
+} gn_job;
+
+static void gn_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    gn_job *j = ctx;
+    int cg = j->c / j->groups;
+    int img = task / j->groups, g = task % j->groups;
+    size_t base = ((size_t)img * j->c + (size_t)g * cg) * j->hw;
+    size_t count = (size_t)cg * j->hw;
+    const float *x = j->in + base;
+    double sum = 0.0;
+    for (size_t i = 0; i < count; i++) sum += x[i];
+    double mean = sum / (double)count;
+    double var = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= (double)count;
+    float inv = (float)(1.0 / sqrt(var + j->eps));
+    float fm = (float)mean;
+    for (int ci = 0; ci < cg; ci++) {
+        int ch = g * cg + ci;
+        float a = j->gamma[ch] * inv;
+        float b = j->beta[ch] - fm * a;
+        const float *xi = x + (size_t)ci * j->hw;
+        float *o = j->out + base + (size_t)ci * j->hw;
+        for (int p = 0; p < j->hw; p++) {
+            float y = xi[p] * a + b;
+            o[p] = j->swish ? y / (1.0f + expf(-y)) : y;
+        }
+    }
+}
+
+static void cpu_group_norm(ts_backend *be, float *out, const float *in, const float *gamma,
+                           const float *beta, int n, int c, int hw, int groups, float eps,
+                           int swish)
+{
+    gn_job j = {out, in, gamma, beta, c, hw, groups, swish, eps};
+    ts_pool_run(cpu(be)->pool, n * groups, gn_task, &j);
+}
+
+static void cpu_upsample2x(ts_backend *be, float *out, const float *in, int n, int c, int h,
+                           int wd)
+{
+    (void)be;
+    for (size_t plane = 0; plane < (size_t)n * c; plane++) {
+        const float *src = in + plane * h * wd;
+        float *dst = out + plane * 4 * h * wd;
+        for (int y = 0; y < 2 * h; y++)
+            for (int x = 0; x < 2 * wd; x++)
+                dst[(size_t)y * 2 * wd + x] = src[(size_t)(y / 2) * wd + x / 2];
+    }
+}
+
+/* ------------------------------------------------------------------ spatial attention */
+
+typedef struct sattn_job {
+    float *out;
+    const float *q, *k, *v;
+    int c, hw, rows_per_task, tasks_per_image;
+    cpu_backend *be;
+} sattn_job;
+
+/* Query rows [i0, i0+rows) of one image: scores via sgemm, softmax, then out = v . S^T. */
+static void sattn_task(void *ctx, int task, int thread)
+{
+    sattn_job *j = ctx;
+    int img = task / j->tasks_per_image;
+    int i0 = (task % j->tasks_per_image) * j->rows_per_task;
+    int rows = j->hw - i0 < j->rows_per_task ? j->hw - i0 : j->rows_per_task;
+    size_t plane = (size_t)img * j->c * j->hw;
+    float *s = j->be->scratch[thread];
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, j->hw, j->c,
+                1.0f / sqrtf((float)j->c), j->q + plane + i0, j->hw, j->k + plane, j->hw, 0.0f,
+                s, j->hw);
+    for (int r = 0; r < rows; r++) {
+        float *row = s + (size_t)r * j->hw;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int t = 0; t < j->hw; t++) mx = row[t] > mx ? row[t] : mx;
+        for (int t = 0; t < j->hw; t++) sum += (row[t] = expf(row[t] - mx));
+        for (int t = 0; t < j->hw; t++) row[t] /= sum;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c, rows, j->hw, 1.0f,
+                j->v + plane, j->hw, s, j->hw, 0.0f, j->out + plane + i0, j->hw);
+}
+
+static void cpu_spatial_attention(ts_backend *be, float *out, const float *q, const float *k,
+                                  const float *v, int n, int c, int hw)
+{
+    cpu_backend *c_be = cpu(be);
+    int rows = (int)(SCRATCH_FLOATS / (unsigned)hw);
+    int per_thread = (hw + be->n_threads - 1) / be->n_threads;
+    if (rows > per_thread) rows = per_thread;
+    if (rows < 1) rows = 1;
+    sattn_job j = {out, q, k, v, c, hw, rows, (hw + rows - 1) / rows, c_be};
+    ts_pool_run(c_be->pool, n * j.tasks_per_image, sattn_task, &j);
+}
+
+/* ------------------------------------------------------------------ lifetime */
+
+static void cpu_destroy(ts_backend *be)
+{
+    cpu_backend *c = cpu(be);
+    ts_pool_destroy(c->pool);
+    if (c->scratch)
+        for (int i = 0; i < be->n_threads; i++) free(c->scratch[i]);
+    free(c->scratch);
+    free(c);
+}
+
+static const ts_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .weight_init = cpu_weight_init,
+    .weight_release = cpu_weight_release,
+    .embed = cpu_embed,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .conv2d = cpu_conv2d,
+    .group_norm = cpu_group_norm,
+    .upsample2x = cpu_upsample2x,
+    .spatial_attention = cpu_spatial_attention,
+};
+
+ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err)
+{
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    if (n_threads > 256) n_threads = 256;
+    cpu_backend *c = calloc(1, sizeof *c);
+    if (!c) goto oom;
+    c->base.ops = &cpu_ops;
+    c->base.n_threads = n_threads;
+    c->scratch = calloc((size_t)n_threads, sizeof *c->scratch);
+    if (!c->scratch) goto oom;
+    for (int i = 0; i < n_threads; i++)
+        if (!(c->scratch[i] = malloc(SCRATCH_FLOATS * sizeof(float)))) goto oom;
+    c->pool = ts_pool_create(n_threads);
+    if (!c->pool) goto oom;
+    openblas_set_num_threads(1);   /* our pool provides the parallelism */
+    return &c->base;
+oom:
+    if (c) {
+        c->base.n_threads = c->scratch ? n_threads : 0;
+        cpu_destroy(&c->base);
+    }
+    ts_fail(err, TS_ERR_NOMEM, "cannot create the CPU backend with %d threads", n_threads);
+    return NULL;
+}

@@ -1,0 +1,85 @@
+/* generate.c - see generate.h. */
+#include "generate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "philox.h"
+
+#define KV_BLOCK 16
+
+int ts_gen_cfg_active(const ts_gen_params *p, int t)
+{
+    if (p->cfg_scale <= 1.0f) return 0;
+    if (t == 0) return 1;                         /* the prefill always guides */
+    int i = t - 1;                                /* decode step index upstream */
+    return !(p->cfg_interval > -1.0f && (float)i > p->cfg_interval);
+}
+
+int ts_gen_pick_token(ts_sampler *s, const ts_gen_params *p, float *cond, const float *uncond,
+                      uint32_t image, int t)
+{
+    if (uncond && ts_gen_cfg_active(p, t)) ts_cfg_combine(cond, cond, uncond, s->n, p->cfg_scale);
+    double u = ts_rng_uniform(p->seed, image, (uint32_t)t, TS_RNG_TOKEN);
+    return ts_sample(s, cond, &p->sample, u);
+}
+
+int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes, int n,
+                    int32_t *tokens, ts_gen_progress_fn progress, void *progress_ctx,
+                    ts_error *err)
+{
+    llamagen_model *g = m->gpt;
+    const llamagen_config *c = &g->cfg;
+    int cfg = p->cfg_scale > 1.0f;
+    int per = cfg ? 2 : 1;                 /* sequences per image: [cond, uncond] */
+    int n_seqs = n * per;
+    int L = c->block_size, V = c->vocab_size;
+    if (n <= 0) return ts_fail(err, TS_ERR_INVALID, "generate: no images requested");
+    for (int i = 0; i < n; i++)
+        if (classes[i] < 0 || classes[i] >= c->num_classes)
+            return ts_fail(err, TS_ERR_INVALID, "class %d is outside [0, %d)", classes[i],
+                           c->num_classes);
+
+    /* Positions fed: the class, then tokens 0..L-2 (the last token is never fed). */
+    int ctx_len = c->cls_token_num + L - 1;
+    int blocks_per_seq = (ctx_len + KV_BLOCK - 1) / KV_BLOCK;
+    ts_kv_cache *kv = NULL;
+    ts_sampler smp = {0};
+    int rc = ts_kv_cache_create(m->be, c->n_layer, c->n_kv_head, c->head_dim, KV_BLOCK,
+                                blocks_per_seq * n_seqs, &kv, err);
+    if (rc) return rc;
+    int32_t *tables = malloc((size_t)n_seqs * blocks_per_seq * sizeof *tables);
+    int32_t *ids = malloc((size_t)n_seqs * sizeof *ids);
+    float *logits = malloc((size_t)n_seqs * V * sizeof *logits);
+    llamagen_seq *seqs = malloc((size_t)n_seqs * sizeof *seqs);
+    if (!tables || !ids || !logits || !seqs || ts_sampler_init(&smp, V)) {
+        rc = ts_fail(err, TS_ERR_NOMEM, "generate: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n_seqs * blocks_per_seq; i++) tables[i] = ts_kv_block_alloc(kv);
+
+    for (int t = 0; t < L; t++) {
+        for (int s = 0; s < n_seqs; s++) {
+            int img = s / per, is_uncond = s % per;
+            if (t == 0) ids[s] = is_uncond ? c->num_classes : classes[img];
+            else ids[s] = tokens[(size_t)img * L + t - 1];
+            int pos = t == 0 ? 0 : c->cls_token_num + t - 1;
+            seqs[s] = (llamagen_seq){pos, 1, &ids[s], tables + (size_t)s * blocks_per_seq};
+        }
+        if ((rc = llamagen_forward(g, kv, seqs, n_seqs, logits, err))) goto done;
+        for (int img = 0; img < n; img++) {
+            float *cond = logits + (size_t)img * per * V;
+            tokens[(size_t)img * L + t] =
+                ts_gen_pick_token(&smp, p, cond, cfg ? cond + V : NULL, (uint32_t)img, t);
+        }
+        if (progress) progress(progress_ctx, t + 1, L);
+    }
+done:
+    ts_sampler_free(&smp);
+    free(tables);
+    free(ids);
+    free(logits);
+    free(seqs);
+    ts_kv_cache_destroy(kv);
+    return rc;
+}

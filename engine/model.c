@@ -1,0 +1,111 @@
+/* model.c - see model.h. */
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+/* Opens the safetensors file that section.file names, inside dir. */
+static int open_weights(const char *dir, const json_t *section, const char *sname,
+                        ts_st_file **out, ts_error *err)
+{
+    const char *file;
+    int rc = ts_json_string(section, sname, "file", &file, err);
+    if (rc) return rc;
+    if (!file[0] || strchr(file, '/') || strcmp(file, "..") == 0 || strcmp(file, ".") == 0)
+        return ts_fail(err, TS_ERR_CONFIG, "config: %s.file \"%s\" must be a file name inside "
+                       "the model folder", sname, file);
+    size_t len = strlen(dir) + strlen(file) + 2;
+    char *path = malloc(len);
+    if (!path) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    snprintf(path, len, "%s/%s", dir, file);
+    rc = ts_st_open(path, out, err);
+    free(path);
+    return rc;
+}
+
+int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err)
+{
+    *out = NULL;
+    size_t len = strlen(dir) + sizeof "/config.json";
+    char *cfg_path = malloc(len);
+    if (!cfg_path) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    snprintf(cfg_path, len, "%s/config.json", dir);
+    json_t *root = NULL;
+    int rc = ts_json_load_file(cfg_path, &root, err);
+    free(cfg_path);
+    if (rc) return rc;
+
+    ts_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        json_decref(root);
+        return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    }
+    m->be = be;
+    const char *family, *name = dir;
+    int format;
+    const json_t *gpt_sec = json_object_get(root, "gpt");
+    const json_t *vq_sec = json_object_get(root, "vq");
+    if ((rc = ts_json_int(root, "config", "tessera_format", 1, 1, &format, err)) ||
+        (rc = ts_json_string(root, "config", "family", &family, err)) ||
+        (rc = ts_json_int(root, "config", "image_size", 8, 8192, &m->image_size, err)))
+        goto fail;
+    if (json_is_string(json_object_get(root, "name")))
+        name = json_string_value(json_object_get(root, "name"));
+    m->dir = strdup(dir);
+    m->name = strdup(name);
+    if (!m->dir || !m->name) {
+        rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (strcmp(family, "llamagen") != 0) {
+        rc = ts_fail(err, TS_ERR_UNSUPPORTED, "config: family \"%s\" is not supported", family);
+        goto fail;
+    }
+    if (!json_is_object(gpt_sec)) {
+        rc = ts_fail(err, TS_ERR_CONFIG, "config: missing object \"gpt\"");
+        goto fail;
+    }
+    if (vq_sec && !json_is_object(vq_sec)) {
+        rc = ts_fail(err, TS_ERR_CONFIG, "config: \"vq\" must be an object");
+        goto fail;
+    }
+    vq_config vcfg;
+    llamagen_config gcfg;
+    if (vq_sec && (rc = vq_config_parse(vq_sec, &vcfg, err))) goto fail;
+    if ((rc = llamagen_config_parse(gpt_sec, m->image_size, vq_sec ? vcfg.downsample : 0, &gcfg,
+                                    err)))
+        goto fail;
+    if (vq_sec && vcfg.codebook_size != gcfg.vocab_size) {
+        rc = ts_fail(err, TS_ERR_CONFIG, "config: vq.codebook_size %d differs from gpt.vocab_size %d",
+                     vcfg.codebook_size, gcfg.vocab_size);
+        goto fail;
+    }
+    if ((rc = open_weights(dir, gpt_sec, "gpt", &m->gpt_file, err)) ||
+        (rc = llamagen_load(be, &gcfg, m->gpt_file, &m->gpt, err)))
+        goto fail;
+    if (vq_sec && ((rc = open_weights(dir, vq_sec, "vq", &m->vq_file, err)) ||
+                   (rc = vq_decoder_load(be, &vcfg, m->vq_file, &m->vq, err))))
+        goto fail;
+    json_decref(root);
+    *out = m;
+    return TS_OK;
+fail:
+    json_decref(root);
+    ts_model_free(m);
+    return rc;
+}
+
+void ts_model_free(ts_model *m)
+{
+    if (!m) return;
+    llamagen_free(m->gpt);
+    vq_decoder_free(m->vq);
+    ts_st_close(m->gpt_file);
+    ts_st_close(m->vq_file);
+    free(m->dir);
+    free(m->name);
+    free(m);
+}

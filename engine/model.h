@@ -1,0 +1,28 @@
+/* model.h - a model folder on disk (config.json + safetensors) loaded into memory.
+ *
+ * ts_model_load reads config.json, maps each safetensors file it names (plain file
+ * names inside the folder only), and builds the family's networks on the backend.
+ * The model owns the mappings and networks; ts_model_free releases all of them. The
+ * backend is borrowed and must outlive the model.
+ */
+#ifndef TS_MODEL_H
+#define TS_MODEL_H
+
+#include "backend.h"
+#include "models/llamagen.h"
+#include "models/vq_decoder.h"
+
+typedef struct ts_model {
+    char *dir;
+    char *name;              /* config "name", or the folder */
+    int image_size;
+    ts_backend *be;
+    ts_st_file *gpt_file, *vq_file;
+    llamagen_model *gpt;
+    vq_decoder *vq;          /* NULL for a GPT-only folder: tokens, no images */
+} ts_model;
+
+int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err);
+void ts_model_free(ts_model *m);   /* NULL-safe */
+
+#endif

@@ -1,0 +1,89 @@
+/* vq_decoder.h - LlamaGen's VQ image decoder (tokenizer/tokenizer_image/vq_model.py
+ * upstream): codes -> l2-normalised codebook vectors -> post_quant_conv -> a
+ * taming-style convolutional decoder -> RGB in [-1, 1] -> 8-bit.
+ *
+ * Decoder layout for ch_mult of length L (VQ-16: [1,1,2,2,4], VQ-8: [1,2,2,4]):
+ * conv_in, mid (res, attn, res), then conv_blocks[0..L) from the lowest resolution up,
+ * each with num_res_blocks+1 ResnetBlocks (attention after each at the lowest level
+ * only) and, except the last, a nearest x2 upsample + 3x3 conv; then GroupNorm, swish
+ * and conv_out to 3 channels. GroupNorm has 32 groups and eps 1e-6.
+ *
+ * Ownership as for llamagen.h: the safetensors file and backend are borrowed.
+ */
+#ifndef TS_VQ_DECODER_H
+#define TS_VQ_DECODER_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "../backend.h"
+#include "../safetensors.h"
+
+#define VQ_MAX_LEVELS 8
+
+typedef struct vq_config {
+    int codebook_size, embed_dim;
+    int z_channels, ch;
+    int ch_mult[VQ_MAX_LEVELS];
+    int n_levels;
+    int num_res_blocks;     /* upstream's value; the decoder has one more per level */
+    int l2_norm;
+    int downsample;         /* 2^(n_levels - 1) */
+} vq_config;
+
+typedef struct vq_conv {
+    ts_wt w;          /* [cout, cin*k*k] */
+    float *b;         /* [cout] */
+    int k;
+} vq_conv;
+
+typedef struct vq_norm {
+    float *gamma, *beta;   /* [c] */
+} vq_norm;
+
+typedef struct vq_res {
+    int cin, cout;
+    vq_norm norm1, norm2;
+    vq_conv conv1, conv2;
+    vq_conv nin;        /* 1x1 skip when cin != cout, else w.data == NULL */
+} vq_res;
+
+typedef struct vq_attn {
+    vq_norm norm;
+    vq_conv q, k, v, proj_out;
+} vq_attn;
+
+typedef struct vq_level {
+    int n_res, n_attn;
+    vq_res *res;
+    vq_attn *attn;
+    vq_conv upsample;   /* w.data == NULL at the last level */
+} vq_level;
+
+typedef struct vq_decoder {
+    vq_config cfg;
+    ts_backend *be;
+    float *codebook;         /* host [codebook_size, embed_dim], rows l2-normalised at load */
+    vq_conv post_quant_conv, conv_in, conv_out;
+    vq_res mid_res[2];
+    vq_attn mid_attn;
+    vq_level levels[VQ_MAX_LEVELS];
+    vq_norm norm_out;
+    size_t max_act;          /* floats of the largest activation of one image */
+} vq_decoder;
+
+int vq_config_parse(const json_t *vq, vq_config *cfg, ts_error *err);
+int vq_decoder_load(ts_backend *be, const vq_config *cfg, ts_st_file *file, vq_decoder **out,
+                    ts_error *err);
+void vq_decoder_free(vq_decoder *d);   /* NULL-safe */
+
+/* Decodes n images of grid x grid codes each (raster order) into rgb (host),
+ * n * (grid*ds) * (grid*ds) * 3 bytes, HWC. If pixels is non-NULL it also receives the
+ * decoder's float output [n, 3, H, W] before the 8-bit mapping. */
+int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb,
+              float *pixels, ts_error *err);
+
+/* upstream's 8-bit mapping (torchvision save_image over [-1, 1]) of one value. */
+uint8_t vq_to_u8(float x);
+
+#endif

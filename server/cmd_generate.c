@@ -1,0 +1,297 @@
+/* cmd_generate.c - `tessera generate`: load a model folder, generate images for
+ * classes, write PNGs (with the parameters in a tEXt chunk) and optionally the tokens.
+ * Runs the engine directly on this thread; the server runs it behind the scheduler. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/png_encode.h"
+#include "cli.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+
+#define MAX_IMAGES 1024
+
+typedef struct gen_opts {
+    const char *model, *out, *tokens_out, *device;
+    int32_t classes[MAX_IMAGES];
+    int n_classes, n_per_class, threads, quiet;
+    ts_gen_params p;
+} gen_opts;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: tessera generate --model DIR --class N[,N...] [options] --out out.png\n"
+        "\n"
+        "Generates class-conditional images with a LlamaGen model folder (see\n"
+        "docs/model-format.md; tools/convert.py makes one from the official checkpoints).\n"
+        "\n"
+        "  --model DIR          model folder holding config.json (required)\n"
+        "  --class N[,N...]     ImageNet class id(s), 0..num_classes-1 (required)\n"
+        "  --n IMAGES           images per class (default 1); image i of the run uses\n"
+        "                       randomness (seed, i, step), independent of the others\n"
+        "  --seed S             random seed, 0..2^64-1 (default 0)\n"
+        "  --cfg SCALE          classifier-free guidance scale; <= 1 turns CFG off (default 4.0)\n"
+        "  --cfg-interval I     guide only decode steps <= I; -1 = every step (default -1)\n"
+        "  --top-k K            keep logits >= the K-th largest; 0 = off (default 2000)\n"
+        "  --top-p P            nucleus sampling threshold in (0, 1]; 1 = off (default 1.0)\n"
+        "  --temperature T      softmax temperature, >= 0 (values below 1e-5 act as 1e-5;\n"
+        "                       default 1.0)\n"
+        "  --out FILE.png       output image; with several images FILE-0.png, FILE-1.png, ...\n"
+        "                       (required unless --tokens-out is given)\n"
+        "  --tokens-out FILE    write each image's tokens in raster order, one image per line\n"
+        "  --threads N          CPU threads (default: all cores)\n"
+        "  --device cpu         compute device (only cpu in this build)\n"
+        "  --quiet              no progress output\n"
+        "  --help               this text\n");
+}
+
+static int parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_classes(const char *s, gen_opts *o)
+{
+    char *copy = strdup(s), *save = NULL;
+    if (!copy) return -1;
+    o->n_classes = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long v;
+        if (o->n_classes >= MAX_IMAGES || parse_int(tok, 0, 1 << 24, &v)) {
+            free(copy);
+            return -1;
+        }
+        o->classes[o->n_classes++] = (int32_t)v;
+    }
+    free(copy);
+    return o->n_classes > 0 ? 0 : -1;
+}
+
+static int parse_args(int argc, char **argv, gen_opts *o)
+{
+    enum { O_MODEL = 1, O_CLASS, O_N, O_SEED, O_CFG, O_CFGI, O_TOPK, O_TOPP, O_TEMP, O_OUT,
+           O_TOK, O_THREADS, O_DEVICE, O_QUIET, O_HELP };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, O_MODEL}, {"class", required_argument, 0, O_CLASS},
+        {"n", required_argument, 0, O_N}, {"seed", required_argument, 0, O_SEED},
+        {"cfg", required_argument, 0, O_CFG}, {"cfg-interval", required_argument, 0, O_CFGI},
+        {"top-k", required_argument, 0, O_TOPK}, {"top-p", required_argument, 0, O_TOPP},
+        {"temperature", required_argument, 0, O_TEMP}, {"out", required_argument, 0, O_OUT},
+        {"tokens-out", required_argument, 0, O_TOK}, {"threads", required_argument, 0, O_THREADS},
+        {"device", required_argument, 0, O_DEVICE}, {"quiet", no_argument, 0, O_QUIET},
+        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    memset(o, 0, sizeof *o);
+    o->n_per_class = 1;
+    o->device = "cpu";
+    o->p = (ts_gen_params){.cfg_scale = 4.0f, .cfg_interval = -1.0f,
+                           .sample = {.temperature = 1.0f, .top_k = 2000, .top_p = 1.0f},
+                           .seed = 0};
+    int c;
+    long v;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        const char *bad = NULL;
+        switch (c) {
+        case O_MODEL: o->model = optarg; break;
+        case O_CLASS: if (parse_classes(optarg, o)) bad = "--class"; break;
+        case O_N: if (parse_int(optarg, 1, MAX_IMAGES, &v)) bad = "--n"; else o->n_per_class = (int)v; break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-') bad = "--seed";
+            else o->p.seed = s;
+            break;
+        }
+        case O_CFG: if (parse_float(optarg, &o->p.cfg_scale)) bad = "--cfg"; break;
+        case O_CFGI:
+            if (parse_float(optarg, &o->p.cfg_interval) || o->p.cfg_interval < -1.0f) bad = "--cfg-interval";
+            break;
+        case O_TOPK: if (parse_int(optarg, 0, 1 << 24, &v)) bad = "--top-k"; else o->p.sample.top_k = (int)v; break;
+        case O_TOPP:
+            if (parse_float(optarg, &o->p.sample.top_p) || o->p.sample.top_p <= 0.0f || o->p.sample.top_p > 1.0f)
+                bad = "--top-p";
+            break;
+        case O_TEMP:
+            if (parse_float(optarg, &o->p.sample.temperature) || o->p.sample.temperature < 0.0f)
+                bad = "--temperature";
+            break;
+        case O_OUT: o->out = optarg; break;
+        case O_TOK: o->tokens_out = optarg; break;
+        case O_THREADS: if (parse_int(optarg, 1, 256, &v)) bad = "--threads"; else o->threads = (int)v; break;
+        case O_DEVICE: o->device = optarg; break;
+        case O_QUIET: o->quiet = 1; break;
+        case O_HELP: usage(stdout); exit(0);
+        default:
+            fprintf(stderr, "tessera generate: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "tessera generate: invalid value '%s' for %s\n", optarg, bad);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tessera generate: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (!o->model || !o->n_classes || (!o->out && !o->tokens_out)) {
+        fprintf(stderr, "tessera generate: --model, --class and --out (or --tokens-out) are required\n");
+        return -1;
+    }
+    if ((long)o->n_classes * o->n_per_class > MAX_IMAGES) {
+        fprintf(stderr, "tessera generate: at most %d images per run\n", MAX_IMAGES);
+        return -1;
+    }
+    if (strcmp(o->device, "cpu") != 0) {
+        fprintf(stderr, "tessera generate: device '%s' is not available in this build (use cpu)\n",
+                o->device);
+        return -1;
+    }
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct progress {
+    double t0;
+    int n_images, tty;
+} progress;
+
+static void on_step(void *ctx, int step, int n_steps)
+{
+    progress *p = ctx;
+    if (!p->tty) return;
+    double dt = now_s() - p->t0;
+    fprintf(stderr, "\rstep %d/%d  %.1f tokens/s ", step, n_steps,
+            dt > 0 ? step * (double)p->n_images / dt : 0.0);
+    if (step == n_steps) fputc('\n', stderr);
+}
+
+/* FILE.png -> FILE-i.png when a run makes several images. */
+static void image_path(char *dst, size_t n, const char *out, int i, int total)
+{
+    if (total == 1) {
+        snprintf(dst, n, "%s", out);
+        return;
+    }
+    const char *dot = strrchr(out, '.');
+    const char *slash = strrchr(out, '/');
+    if (!dot || (slash && dot < slash)) dot = out + strlen(out);
+    snprintf(dst, n, "%.*s-%d%s", (int)(dot - out), out, i, dot);
+}
+
+static int write_tokens(const char *path, const int32_t *tokens, int n, int L)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < L; t++) fprintf(f, "%d%c", tokens[(size_t)i * L + t], t == L - 1 ? '\n' : ' ');
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    gen_opts o;
+    if (parse_args(argc, argv, &o)) {
+        fprintf(stderr, "Run `tessera generate --help` for the options.\n");
+        return 2;
+    }
+    ts_error err = {0};
+    ts_backend *be = ts_backend_cpu_create(o.threads, &err);
+    ts_model *m = NULL;
+    int32_t *classes = NULL, *tokens = NULL;
+    uint8_t *rgb = NULL;
+    int status = 1;
+    if (!be) goto fail;
+    double t_load = now_s();
+    if (ts_model_load(be, o.model, &m, &err)) goto fail;
+    if (!o.quiet)
+        fprintf(stderr, "loaded %s in %.2f s (%s backend, %d threads)\n", m->name, now_s() - t_load,
+                ts_backend_name(be), ts_backend_threads(be));
+    if (o.out && !m->vq) {
+        ts_fail(&err, TS_ERR_INVALID, "%s has no VQ decoder: only --tokens-out is possible", o.model);
+        goto fail;
+    }
+    int n = o.n_classes * o.n_per_class, L = m->gpt->cfg.block_size;
+    classes = malloc((size_t)n * sizeof *classes);
+    tokens = malloc((size_t)n * L * sizeof *tokens);
+    if (!classes || !tokens) {
+        ts_fail(&err, TS_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < n; i++) classes[i] = o.classes[i / o.n_per_class];
+
+    progress pr = {now_s(), n, !o.quiet && isatty(2)};
+    if (ts_generate_c2i(m, &o.p, classes, n, tokens, on_step, &pr, &err)) goto fail;
+    double t_gen = now_s() - pr.t0;
+    if (o.tokens_out && write_tokens(o.tokens_out, tokens, n, L)) {
+        ts_fail(&err, TS_ERR_IO, "%s: cannot write tokens", o.tokens_out);
+        goto fail;
+    }
+    double t_dec = 0.0;
+    if (o.out) {
+        int side = m->gpt->cfg.grid * m->vq->cfg.downsample;
+        size_t img_bytes = (size_t)side * side * 3;
+        rgb = malloc((size_t)n * img_bytes);
+        if (!rgb) {
+            ts_fail(&err, TS_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        double t0 = now_s();
+        if (vq_decode(m->vq, tokens, n, m->gpt->cfg.grid, rgb, NULL, &err)) goto fail;
+        t_dec = now_s() - t0;
+        for (int i = 0; i < n; i++) {
+            char params[512], path[4096];
+            snprintf(params, sizeof params,
+                     "model=%s; class=%d; image_index=%d; seed=%llu; cfg=%g; cfg_interval=%g; "
+                     "top_k=%d; top_p=%g; temperature=%g",
+                     m->name, classes[i], i, (unsigned long long)o.p.seed, o.p.cfg_scale,
+                     o.p.cfg_interval, o.p.sample.top_k, o.p.sample.top_p, o.p.sample.temperature);
+            ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
+            image_path(path, sizeof path, o.out, i, n);
+            if (ts_png_write_file(path, rgb + i * img_bytes, side, side, text, 2, &err)) goto fail;
+            if (!o.quiet) fprintf(stderr, "wrote %s\n", path);
+        }
+    }
+    if (!o.quiet)
+        fprintf(stderr, "%d image(s): tokens %.2f s (%.1f tokens/s), VQ decode %.2f s\n", n, t_gen,
+                t_gen > 0 ? n * (double)L / t_gen : 0.0, t_dec);
+    status = 0;
+fail:
+    if (status) fprintf(stderr, "tessera generate: %s\n", err.msg[0] ? err.msg : ts_strerror(err.code));
+    free(rgb);
+    free(tokens);
+    free(classes);
+    ts_model_free(m);
+    ts_backend_free(be);
+    return status;
+}
