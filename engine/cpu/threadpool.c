@@ -50,7 +50,7 @@ static void *worker_main(void *arg)
     ts_pool *p = wa->pool;
     int index = wa->index;
     free(wa);
-    unsigned seen = atomic_load(&p->generation);
+    unsigned seen = 0;   /* the generation at creation: a run may start before we get here */
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen &&
