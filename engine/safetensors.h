@@ -8,7 +8,8 @@
  * tensors overlap. Anything else is refused with a message naming the tensor.
  *
  * Nothing here knows about models; model loaders ask for tensors by name with the
- * exact shape and the dtypes they accept (ts_st_get), and finally call
+ * exact shape and the dtypes they accept (ts_st_get, which also requires the data to be
+ * aligned to its element size), and finally call
  * ts_st_check_all_used so that a file with tensors nobody asked for is refused too.
  */
 #ifndef TS_SAFETENSORS_H

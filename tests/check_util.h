@@ -1,0 +1,103 @@
+/* check_util.h - small helpers shared by Tessera's Check suites.
+ *
+ * Header-only (static inline) so each test binary stays one translation unit plus the
+ * engine sources it exercises. Assertion helpers are macros so that failures report the
+ * caller's line.
+ */
+#ifndef TS_CHECK_UTIL_H
+#define TS_CHECK_UTIL_H
+
+#include <check.h>
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/error.h"
+
+/* Asserts that a call returned TS_OK, showing the error message when it did not. */
+#define ts_ck_ok(rc, err)                                                             \
+    do {                                                                              \
+        int ts_ck_rc_ = (rc);                                                         \
+        ck_assert_msg(ts_ck_rc_ == TS_OK, "expected ok, got %d (%s): %s", ts_ck_rc_,  \
+                      ts_strerror(ts_ck_rc_), (err).msg);                             \
+    } while (0)
+
+/* Asserts that a call failed with exactly `want`, that the ts_error records the same
+ * code, and that its message mentions `needle` (pass "" to skip the message check). */
+#define ts_ck_fails(rc, err, want, needle)                                            \
+    do {                                                                              \
+        int ts_ck_rc_ = (rc), ts_ck_want_ = (want);                                   \
+        const char *ts_ck_needle_ = (needle);                                         \
+        ck_assert_msg(ts_ck_rc_ == ts_ck_want_,                                       \
+                      "returned %d (%s), expected %d (%s); message: %s", ts_ck_rc_,   \
+                      ts_strerror(ts_ck_rc_), ts_ck_want_, ts_strerror(ts_ck_want_),  \
+                      (err).msg);                                                     \
+        ck_assert_msg((err).code == ts_ck_want_, "err.code is %d, expected %d",       \
+                      (err).code, ts_ck_want_);                                       \
+        ck_assert_msg(strstr((err).msg, ts_ck_needle_) != NULL,                       \
+                      "message \"%s\" does not mention \"%s\"", (err).msg,            \
+                      ts_ck_needle_);                                                 \
+    } while (0)
+
+/* Creates a fresh directory under $TMPDIR (or /tmp) into buf; returns 0 on success.
+ * Call it before srunner_run_all so forked tests share it, and remove it afterwards
+ * with ts_ck_rmdir: teardown does not run after a failed assertion in fork mode. */
+static inline int ts_ck_mkdtemp(char *buf, size_t cap)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    int n = snprintf(buf, cap, "%s/tessera-test-XXXXXX", base);
+    if (n < 0 || (size_t)n >= cap)
+        return -1;
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+/* Removes dir and the plain files directly inside it (tests do not nest directories). */
+static inline void ts_ck_rmdir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char path[4096];
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* Writes len bytes to path, replacing it; returns 0 on success. */
+static inline int ts_ck_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *fp = fopen(path, "wb");
+    if (!fp)
+        return -1;
+    size_t wrote = len ? fwrite(data, 1, len, fp) : 0;
+    int closed = fclose(fp);
+    return wrote == len && closed == 0 ? 0 : -1;
+}
+
+/* Runs the suites (fork mode unless CK_FORK says otherwise) and returns a process exit
+ * status: 0 when every test passed. The runner takes ownership of the suites. */
+static inline int ts_ck_run(Suite **suites, int n)
+{
+    if (n <= 0)
+        return 1;
+    SRunner *sr = srunner_create(suites[0]);
+    for (int i = 1; i < n; i++)
+        srunner_add_suite(sr, suites[i]);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
+
+#endif
