@@ -124,35 +124,66 @@ static inline float load1(const void *p, ts_dtype t, int64_t i)
     return t == TS_F16 ? ts_f16_to_f32(h) : ts_bf16_to_f32(h);
 }
 
-/* out[i, r] for rows r in [r0, r1) and i < m <= SMALL_M: each weight row is read once
- * and dotted with every x row. Inlined per dtype so the loads specialise. */
+/* One block of up to 4 weight rows against up to 2 x rows: out[i][r] = W[r] . x[i].
+ * Eight independent accumulators hide the FMA latency; the weight block is re-read
+ * from L1/L2 for each pair of x rows, so memory sees each weight once. Inlined per
+ * dtype (and per block shape) so the loads and loops specialise. */
+static inline __attribute__((always_inline)) void
+dot_block(const void *w, ts_dtype t, int64_t n_in, int nr, const float *x, int nx,
+          float acc[4][2])
+{
+    size_t es = ts_dtype_size(t);
+    const char *rows[4];
+    for (int r = 0; r < 4; r++) rows[r] = (const char *)w + (size_t)(r < nr ? r : 0) * n_in * es;
+    int64_t k = 0;
+#ifdef TS_HAVE_AVX2
+    /* The unroll pragmas keep all eight accumulators in registers. */
+    __m256 a[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (; k + 8 <= n_in; k += 8) {
+        __m256 x0 = _mm256_loadu_ps(x + k);
+        __m256 x1 = nx > 1 ? _mm256_loadu_ps(x + n_in + k) : x0;
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            __m256 wv = load8(rows[r], t, k);
+            a[r][0] = _mm256_fmadd_ps(wv, x0, a[r][0]);
+            if (nx > 1) a[r][1] = _mm256_fmadd_ps(wv, x1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int i = 0; i < nx; i++) acc[r][i] = hsum8(a[r][i]);
+#else
+    for (int r = 0; r < nr; r++) acc[r][0] = acc[r][1] = 0.0f;
+#endif
+    for (; k < n_in; k++)
+        for (int r = 0; r < nr; r++) {
+            float wv = load1(rows[r], t, k);
+            for (int i = 0; i < nx; i++) acc[r][i] += wv * x[(size_t)i * n_in + k];
+        }
+}
+
+/* out[i, r] for rows r in [r0, r1) and all i < m <= SMALL_M. */
 static inline __attribute__((always_inline)) void
 dot_rows(float *out, const float *x, const void *w, ts_dtype t, int64_t n_in,
          int64_t n_out, const float *bias, int m, int64_t r0, int64_t r1)
 {
     size_t es = ts_dtype_size(t);
-    for (int64_t r = r0; r < r1; r++) {
-        const void *row = (const char *)w + (size_t)r * (size_t)n_in * es;
-        float acc[SMALL_M];
-        int64_t k = 0;
-#ifdef TS_HAVE_AVX2
-        __m256 a[SMALL_M];
-        for (int i = 0; i < m; i++) a[i] = _mm256_setzero_ps();
-        for (; k + 8 <= n_in; k += 8) {
-            __m256 wv = load8(row, t, k);
-            for (int i = 0; i < m; i++)
-                a[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)i * n_in + k), a[i]);
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+        const void *wb = (const char *)w + (size_t)r * n_in * es;
+        for (int i = 0; i < m; i += 2) {
+            float acc[4][2];
+            int nx = m - i < 2 ? 1 : 2;
+            const float *xi = x + (size_t)i * n_in;
+            /* Constant block shapes let the compiler unroll the common cases fully. */
+            if (nr == 4 && nx == 2) dot_block(wb, t, n_in, 4, xi, 2, acc);
+            else if (nr == 4) dot_block(wb, t, n_in, 4, xi, 1, acc);
+            else dot_block(wb, t, n_in, nr, xi, nx, acc);
+            for (int rr = 0; rr < nr; rr++)
+                for (int ii = 0; ii < nx; ii++)
+                    out[(size_t)(i + ii) * n_out + r + rr] = acc[rr][ii] + (bias ? bias[r + rr] : 0.0f);
         }
-        for (int i = 0; i < m; i++) acc[i] = hsum8(a[i]);
-#else
-        for (int i = 0; i < m; i++) acc[i] = 0.0f;
-#endif
-        for (; k < n_in; k++) {
-            float wv = load1(row, t, k);
-            for (int i = 0; i < m; i++) acc[i] += wv * x[(size_t)i * n_in + k];
-        }
-        float b = bias ? bias[r] : 0.0f;
-        for (int i = 0; i < m; i++) out[(size_t)i * n_out + r] = acc[i] + b;
     }
 }
 

@@ -3,10 +3,12 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#define SPIN_ITERS 200000
+#define SPIN_ITERS 20000   /* worker: spins before sleeping on the condition variable */
+#define WAIT_SPINS 2000    /* caller: spins before yielding while workers finish */
 
 struct ts_pool {
     int n_threads;
@@ -141,5 +143,10 @@ void ts_pool_run(ts_pool *p, int n_tasks, ts_pool_fn fn, void *ctx)
         pthread_mutex_unlock(&p->mu);
     }
     run_tasks(p, 0);
-    while (atomic_load_explicit(&p->active, memory_order_acquire) > 0) cpu_relax();
+    /* Spin briefly, then yield: on a loaded machine the worker we wait for may be
+     * waiting for this very core, and spinning would starve it. */
+    for (int spins = 0; atomic_load_explicit(&p->active, memory_order_acquire) > 0; spins++) {
+        if (spins < WAIT_SPINS) cpu_relax();
+        else sched_yield();
+    }
 }

@@ -2,7 +2,8 @@
  *
  * ts_pool_run splits n_tasks among the caller and the workers (tasks are claimed one
  * at a time from a shared counter) and returns when all are done. Workers spin briefly
- * between runs, since decode steps launch many short ops back to back, then sleep.
+ * between runs, since decode steps launch many short ops back to back, then sleep;
+ * the caller yields while it waits, so an oversubscribed machine degrades gently.
  * One caller at a time: the pool belongs to the backend, which one engine thread owns.
  */
 #ifndef TS_THREADPOOL_H
