@@ -229,8 +229,9 @@ START_TEST(test_conv2d)
 {
     /* cin, h, w, cout, k, stride, pad_lo, pad_hi, n */
     const int cases[][9] = {{3, 9, 7, 5, 3, 1, 1, 1, 2}, {8, 6, 6, 4, 1, 1, 0, 0, 1},
-                            {4, 8, 8, 6, 3, 2, 0, 1, 2}, {16, 5, 5, 3, 3, 1, 1, 1, 1}};
-    for (size_t c = 0; c < 4; c++) {
+                            {4, 8, 8, 6, 3, 2, 0, 1, 2}, {16, 5, 5, 3, 3, 1, 1, 1, 1},
+                            {512, 1, 1000, 2, 3, 1, 1, 1, 1}};   /* one row wider than the scratch */
+    for (size_t c = 0; c < 5; c++) {
         int cin = cases[c][0], h = cases[c][1], wd = cases[c][2], cout = cases[c][3], k = cases[c][4];
         int st = cases[c][5], plo = cases[c][6], phi = cases[c][7], n = cases[c][8];
         int ho = (h + plo + phi - k) / st + 1, wo = (wd + plo + phi - k) / st + 1;

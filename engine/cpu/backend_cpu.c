@@ -10,6 +10,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,19 @@ typedef struct cpu_backend {
 } cpu_backend;
 
 static cpu_backend *cpu(ts_backend *be) { return (cpu_backend *)be; }
+
+/* Ops cannot fail, so the rare temporary they need comes from here: running out of
+ * memory mid-op aborts in this one place (as redis's zmalloc does). Steady-state
+ * buffers are allocated up front by the models, which do report failure. */
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "tessera: out of memory allocating %zu bytes in the CPU backend\n", n);
+        abort();
+    }
+    return p;
+}
 
 /* ------------------------------------------------------------------ memory */
 
@@ -396,18 +410,48 @@ typedef struct conv_job {
     const float *bias;
     int cin, h, wd, cout, k, stride, pad;
     int ho, wo;
-    int cols_per_task, tasks_per_image;
+    int rows_per_task, tasks_per_image;   /* tasks cover whole output rows */
+    float **cols;                          /* per-thread im2col buffers */
     cpu_backend *be;
 } conv_job;
 
-/* Output pixels [p0, p0+pc) of one image: im2col into scratch, then one sgemm. */
+/* Lays out the receptive fields of output rows [oy0, oy0+rows) as the columns of
+ * col[cin*k*k][rows*wo] (im2col), zero where the window hangs over the edge. */
+static void im2col_rows(float *col, const float *in, const conv_job *j, int oy0, int rows)
+{
+    int pc = rows * j->wo;
+    for (int ci = 0; ci < j->cin; ci++)
+        for (int ky = 0; ky < j->k; ky++)
+            for (int kx = 0; kx < j->k; kx++) {
+                float *dst = col + (size_t)((ci * j->k + ky) * j->k + kx) * pc;
+                const float *src = in + (size_t)ci * j->h * j->wd;
+                /* output columns whose input column lies inside [0, wd) */
+                int lo = 0, hi = j->wo;
+                while (lo < hi && lo * j->stride + kx - j->pad < 0) lo++;
+                while (hi > lo && (hi - 1) * j->stride + kx - j->pad >= j->wd) hi--;
+                for (int r = 0; r < rows; r++, dst += j->wo) {
+                    int iy = (oy0 + r) * j->stride + ky - j->pad;
+                    if (iy < 0 || iy >= j->h) {
+                        memset(dst, 0, (size_t)j->wo * sizeof *dst);
+                        continue;
+                    }
+                    const float *row = src + (size_t)iy * j->wd + kx - j->pad;
+                    for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
+                    if (j->stride == 1) memcpy(dst + lo, row + lo, (size_t)(hi - lo) * sizeof *dst);
+                    else for (int ox = lo; ox < hi; ox++) dst[ox] = row[ox * j->stride];
+                    for (int ox = hi; ox < j->wo; ox++) dst[ox] = 0.0f;
+                }
+            }
+}
+
+/* Output rows [oy0, oy0 + rows_per_task) of one image: im2col, then one sgemm. */
 static void conv_task(void *ctx, int task, int thread)
 {
     conv_job *j = ctx;
     int img = task / j->tasks_per_image;
-    int p0 = (task % j->tasks_per_image) * j->cols_per_task;
-    int P = j->ho * j->wo;
-    int pc = P - p0 < j->cols_per_task ? P - p0 : j->cols_per_task;
+    int oy0 = (task % j->tasks_per_image) * j->rows_per_task;
+    int rows = j->ho - oy0 < j->rows_per_task ? j->ho - oy0 : j->rows_per_task;
+    int P = j->ho * j->wo, p0 = oy0 * j->wo, pc = rows * j->wo;
     int K = j->cin * j->k * j->k;
     const float *in = j->in + (size_t)img * j->cin * j->h * j->wd;
     float *out = j->out + (size_t)img * j->cout * P + p0;
@@ -417,21 +461,8 @@ static void conv_task(void *ctx, int task, int thread)
         b = in + p0;        /* a 1x1 conv reads the input as is */
         ldb = P;
     } else {
-        float *col = j->be->scratch[thread];
-        for (int ci = 0; ci < j->cin; ci++)
-            for (int ky = 0; ky < j->k; ky++)
-                for (int kx = 0; kx < j->k; kx++) {
-                    float *dst = col + (size_t)((ci * j->k + ky) * j->k + kx) * pc;
-                    const float *src = in + (size_t)ci * j->h * j->wd;
-                    for (int p = 0; p < pc; p++) {
-                        int oy = (p0 + p) / j->wo, ox = (p0 + p) % j->wo;
-                        int iy = oy * j->stride + ky - j->pad;
-                        int ix = ox * j->stride + kx - j->pad;
-                        dst[p] = (iy >= 0 && iy < j->h && ix >= 0 && ix < j->wd)
-                                     ? src[(size_t)iy * j->wd + ix] : 0.0f;
-                    }
-                }
-        b = col;
+        im2col_rows(j->cols[thread], in, j, oy0, rows);
+        b = j->cols[thread];
         ldb = pc;
     }
     if (j->bias)
@@ -465,20 +496,31 @@ static void cpu_conv2d(ts_backend *be, float *out, const float *in, const ts_wt 
     if (w->dtype == TS_F32) {
         j.wf = w->data;
     } else {
-        widened = malloc((size_t)w->n_out * K * sizeof *widened);
-        if (!widened) abort();   /* weight-sized; failing here means the machine is out */
+        widened = xmalloc((size_t)w->n_out * K * sizeof *widened);
+
         ts_to_f32(widened, w->data, w->dtype, (size_t)w->n_out * K);
         j.wf = widened;
     }
-    int P = j.ho * j.wo;
-    int cols = (int)(SCRATCH_FLOATS / (unsigned)K);
-    int per_thread = (n * P + be->n_threads - 1) / be->n_threads;
-    if (cols > per_thread) cols = per_thread;
-    if (cols > P) cols = P;
-    if (cols < 1) cols = 1;
-    j.cols_per_task = cols;
-    j.tasks_per_image = (P + cols - 1) / cols;
+    /* Rows per task: bounded by the scratch (im2col) and split so both threads work. */
+    int rows = (int)(SCRATCH_FLOATS / ((unsigned)K * (unsigned)j.wo));
+    int per_thread = (n * j.ho + be->n_threads - 1) / be->n_threads;
+    if (rows > per_thread) rows = per_thread;
+    if (rows > j.ho) rows = j.ho;
+    if (rows < 1) rows = 1;
+    j.rows_per_task = rows;
+    j.tasks_per_image = (j.ho + rows - 1) / rows;
+    /* A single output row wider than the scratch gets buffers of its own. */
+    float **own = NULL;
+    j.cols = c->scratch;
+    if ((size_t)K * j.wo > SCRATCH_FLOATS) {
+        own = xmalloc((size_t)be->n_threads * sizeof *own);
+        for (int t = 0; t < be->n_threads; t++) own[t] = xmalloc((size_t)K * j.wo * sizeof(float));
+        j.cols = own;
+    }
     ts_pool_run(c->pool, n * j.tasks_per_image, conv_task, &j);
+    if (own)
+        for (int t = 0; t < be->n_threads; t++) free(own[t]);
+    free(own);
     free(widened);
 }
 
