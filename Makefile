@@ -67,10 +67,11 @@ test-c: $(TEST_BIN) $(BUILD)/tessera
 test-python: $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
 
-# A sample image from a small random-weight model (until a trained default model ships).
+# A sample image from a small RANDOM-WEIGHT model (until a trained default model ships).
 run: $(BUILD)/tessera
-	$(PYTHON) tools/make_demo_model.py --out $(BUILD)/demo-model
+	PYTHON=$(PYTHON) tools/make_demo_model.sh $(BUILD)/demo-model
 	./$(BUILD)/tessera generate --model $(BUILD)/demo-model --class 1 --seed 0 --out sample.png
+	@echo "sample.png comes from random weights: expect colourful noise, not a picture."
 
 format:
 	clang-format -i $(LIB_SRC) $(SERVER_SRC) $(TEST_SRC) $(wildcard engine/*.h engine/*/*.h api/*.h server/*.h tests/*.h)

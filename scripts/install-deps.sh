@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything Tessera needs to build and test, from Debian's packages only.
+# Run as root (or with sudo available). Safe to re-run.
+set -euo pipefail
+
+packages=(
+    build-essential pkg-config      # gcc, make
+    libjansson-dev                  # config.json and (later) the HTTP API's JSON
+    libpng-dev zlib1g-dev           # PNG output
+    libopenblas-dev                 # BLAS for the CPU backend (pulls libopenblas0-pthread)
+    check libsubunit-dev            # unit tests
+    python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
+    time                            # /usr/bin/time for peak memory in bench/
+)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+    sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
