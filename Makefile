@@ -62,9 +62,10 @@ test: test-c test-python
 test-c: $(TEST_BIN) $(BUILD)/tessera
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; ./$$t; done
 
-# The converter against official-layout checkpoints, and the CLI end to end against the
-# PyTorch reference (needs Debian's python3-torch: scripts/install-deps.sh).
+# The CLI as a user drives it, the converter against official-layout checkpoints, and the
+# CLI end to end against the PyTorch reference (needs python3-torch: scripts/install-deps.sh).
 test-python: $(BUILD)/tessera
+	$(PYTHON) tests/test_cli.py $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
 
 # A sample image from a small RANDOM-WEIGHT model (until a trained default model ships).
