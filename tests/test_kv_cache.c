@@ -1,6 +1,6 @@
 /* test_kv_cache.c - the paged KV cache's block accounting: allocation until empty,
  * shared blocks surviving until their last reference, and layer geometry. */
-#include <check.h>
+#include "tests/check_util.h"
 #include <signal.h>
 
 #include "engine/kv_cache.h"
@@ -81,9 +81,5 @@ int main(void)
     tcase_add_test_raise_signal(tc, test_double_free_aborts, SIGABRT);
     tcase_add_test(tc, test_bad_geometry);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ts_ck_run(&s, 1);
 }

@@ -1,7 +1,7 @@
 /* test_ops.c - every CPU backend op against a naive double-precision reference on
  * random inputs, at the shapes and strides the models use (including odd sizes that
  * exercise the vector tails and the paged KV layout). */
-#include <check.h>
+#include "tests/check_util.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,9 +357,5 @@ int main(void)
     tcase_add_test(tc, test_spatial_attention);
     tcase_add_test(tc, test_embed);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ts_ck_run(&s, 1);
 }

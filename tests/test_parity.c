@@ -4,7 +4,7 @@
  * chunked prefill; greedy token streams exactly, with and without CFG and with a CFG
  * interval; the RoPE table; decoded pixels (8-bit RMS <= 0.5/255); and that an image
  * does not change with what else shares its batch. */
-#include <check.h>
+#include "tests/check_util.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,9 +254,5 @@ int main(void)
     tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_bad_ids_refused);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ts_ck_run(&s, 1);
 }

@@ -1,7 +1,7 @@
 /* test_sampler.c - the sampling rules of upstream's generate.py (CFG, temperature,
  * top-k with ties, top-p's HF rule, multinomial draw), the CFG schedule, and the
  * Philox RNG (known-answer vectors from Random123, and the keying scheme). */
-#include <check.h>
+#include "tests/check_util.h"
 #include <math.h>
 #include <stdlib.h>
 
@@ -155,9 +155,5 @@ int main(void)
     tcase_add_test(tc, test_philox_known_answers);
     tcase_add_test(tc, test_rng_keying);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return ts_ck_run(&s, 1);
 }
