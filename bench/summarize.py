@@ -95,7 +95,7 @@ def main(argv=None):
         m = {k: statistics.median(r[k] for r in runs)
              for k in ("load_s", "tokens_s", "decode_s", "rss_mib")}
         m["total_s"] = statistics.median(r["tokens_s"] + r["decode_s"] for r in runs)
-        m["tokens_all"] = [r["tokens_s"] for r in runs]
+        m["runs"] = ["%.2f/%.2f" % (r["tokens_s"], r["decode_s"]) for r in runs]
         m["floor_s"] = floors[nbytes][3]
         med[label] = m
 
@@ -111,9 +111,9 @@ def main(argv=None):
             fmt(m["decode_s"]), fmt(m["total_s"]), m["rss_mib"], fmt(m["load_s"]),
             fmt(m["tokens_s"] / m["floor_s"], 2) + "x"))
     print()
-    print("Median of %d runs; token times of each run: %s." % (args.runs, "; ".join(
-        "%s %s" % (label, ", ".join(fmt(t) for t in med[label]["tokens_all"]))
-        for label, *_ in ROWS if label in med)))
+    print("Median of %d runs, one image per fresh process; each run's tokens/VQ decode (s): %s."
+          % (args.runs, "; ".join("%s %s" % (label, ", ".join(med[label]["runs"]))
+                                  for label, *_ in ROWS if label in med)))
     print()
 
     pairs = [("tessera-f32", "ref-f32", "Tessera f32 vs reference f32"),
