@@ -30,9 +30,10 @@ CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -Wall -Wextra $(WERROR) -MMD -M
 LDLIBS  := -ljansson -lpng $(BLAS_LIBS) -lm -pthread
 
 ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c engine/models/*.c)
-API_SRC    := api/png_encode.c
+API_SRC    := $(wildcard api/*.c)
+SCHED_SRC  := $(wildcard scheduler/*.c)
 SERVER_SRC := $(wildcard server/*.c)
-LIB_SRC    := $(ENGINE_SRC) $(API_SRC)
+LIB_SRC    := $(ENGINE_SRC) $(SCHED_SRC) $(API_SRC)
 
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)

@@ -17,10 +17,10 @@ int ts_gen_cfg_active(const ts_gen_params *p, int t)
 }
 
 int ts_gen_pick_token(ts_sampler *s, const ts_gen_params *p, float *cond, const float *uncond,
-                      uint32_t image, int t)
+                      uint64_t image_seed, int t)
 {
     if (uncond && ts_gen_cfg_active(p, t)) ts_cfg_combine(cond, cond, uncond, s->n, p->cfg_scale);
-    double u = ts_rng_uniform(p->seed, image, (uint32_t)t, TS_RNG_TOKEN);
+    double u = ts_rng_uniform(image_seed, 0, (uint32_t)t, TS_RNG_TOKEN);
     return ts_sample(s, cond, &p->sample, u);
 }
 
@@ -70,7 +70,7 @@ int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes,
         for (int img = 0; img < n; img++) {
             float *cond = logits + (size_t)img * per * V;
             tokens[(size_t)img * L + t] =
-                ts_gen_pick_token(&smp, p, cond, cfg ? cond + V : NULL, (uint32_t)img, t);
+                ts_gen_pick_token(&smp, p, cond, cfg ? cond + V : NULL, p->seed + (uint64_t)img, t);
         }
         if (progress) progress(progress_ctx, t + 1, L);
     }

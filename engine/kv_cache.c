@@ -77,3 +77,22 @@ void ts_kv_block_unref(ts_kv_cache *kv, int32_t block)
 }
 
 int ts_kv_free_blocks(const ts_kv_cache *kv) { return kv->n_free; }
+
+int ts_kv_block_copy(ts_kv_cache *kv, int32_t dst, int32_t src, ts_error *err)
+{
+    if (dst < 0 || dst >= kv->n_blocks || src < 0 || src >= kv->n_blocks)
+        return ts_fail(err, TS_ERR_INVALID, "kv cache: block copy %d -> %d out of range", src, dst);
+    const ts_kv_layer *l0 = &kv->layers[0];
+    size_t n = (size_t)kv->block_size * l0->n_kv_head * l0->head_dim;
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) return ts_fail(err, TS_ERR_NOMEM, "kv cache: out of memory copying a block");
+    for (int l = 0; l < kv->n_layer; l++) {
+        const ts_kv_layer *L = &kv->layers[l];
+        ts_be_download(kv->be, tmp, L->k + (size_t)src * n, n);
+        ts_be_upload(kv->be, L->k + (size_t)dst * n, tmp, n);
+        ts_be_download(kv->be, tmp, L->v + (size_t)src * n, n);
+        ts_be_upload(kv->be, L->v + (size_t)dst * n, tmp, n);
+    }
+    free(tmp);
+    return 0;
+}

@@ -39,6 +39,12 @@ int32_t ts_kv_block_alloc(ts_kv_cache *kv);
 void ts_kv_block_ref(ts_kv_cache *kv, int32_t block);
 void ts_kv_block_unref(ts_kv_cache *kv, int32_t block);
 int ts_kv_free_blocks(const ts_kv_cache *kv);
+static inline int ts_kv_block_refs(const ts_kv_cache *kv, int32_t block) { return kv->refs[block]; }
+
+/* Copies every layer's K and V of block src into block dst (copy-on-write of a shared
+ * block). Goes through host memory so that it needs no backend op of its own; it runs
+ * once per shared prefix block a sequence writes into, never per step. */
+int ts_kv_block_copy(ts_kv_cache *kv, int32_t dst, int32_t src, ts_error *err);
 
 /* Blocks needed to hold n positions. */
 static inline int ts_kv_blocks_for(const ts_kv_cache *kv, int n)

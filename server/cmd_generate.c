@@ -35,7 +35,7 @@ static void usage(FILE *f)
         "  --model DIR          model folder holding config.json (required)\n"
         "  --class N[,N...]     ImageNet class id(s), 0..num_classes-1 (required)\n"
         "  --n IMAGES           images per class (default 1); image i of the run uses\n"
-        "                       randomness (seed, i, step), independent of the others\n"
+        "                       seed S + i, so it can be regenerated alone with that seed\n"
         "  --seed S             random seed, 0..2^64-1 (default 0)\n"
         "  --cfg SCALE          classifier-free guidance scale; <= 1 turns CFG off (default 4.0)\n"
         "  --cfg-interval I     guide only decode steps <= I; -1 = every step (default -1)\n"
@@ -274,7 +274,7 @@ int cmd_generate(int argc, char **argv)
             snprintf(params, sizeof params,
                      "model=%s; class=%d; image_index=%d; seed=%llu; cfg=%g; cfg_interval=%g; "
                      "top_k=%d; top_p=%g; temperature=%g",
-                     m->name, classes[i], i, (unsigned long long)o.p.seed, o.p.cfg_scale,
+                     m->name, classes[i], i, (unsigned long long)(o.p.seed + (uint64_t)i), o.p.cfg_scale,
                      o.p.cfg_interval, o.p.sample.top_k, o.p.sample.top_p, o.p.sample.temperature);
             ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
             image_path(path, sizeof path, o.out, i, n);

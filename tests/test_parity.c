@@ -206,7 +206,12 @@ START_TEST(test_batch_invariance)
     ck_assert_int_eq(memcmp(big, small, (size_t)L * sizeof *small), 0);
     int differs = memcmp(big, big + L, (size_t)L * sizeof *big) != 0;
     ck_assert_msg(differs, "different classes gave identical tokens");
-    p.seed = 1235;   /* and the seed matters */
+    /* Image 1 of the batch is its own request seeded seed + 1. */
+    p.seed = 1235;
+    ck_assert_int_eq(ts_generate_c2i(f.model, &p, three + 1, 1, small, NULL, NULL, &err), 0);
+    ck_assert_int_eq(memcmp(big + L, small, (size_t)L * sizeof *small), 0);
+    p.seed = 1234;
+    p.seed = 1236;   /* and the seed matters */
     ck_assert_int_eq(ts_generate_c2i(f.model, &p, three, 1, small, NULL, NULL, &err), 0);
     ck_assert(memcmp(big, small, (size_t)L * sizeof *small) != 0);
     fixture_close(&f);

@@ -317,7 +317,8 @@ static void decode_one(vq_decoder *d, const int32_t *codes, int grid, vq_bufs *B
     /* Codebook lookup on the host: NCHW [embed_dim, h, w]. */
     for (int p = 0; p < hw; p++)
         for (int e = 0; e < c->embed_dim; e++)
-            host_z[(size_t)e * hw + p] = d->codebook[(size_t)codes[p] * c->embed_dim + e];
+            host_z[(size_t)e * hw + p] =
+                codes[p] == VQ_CODE_UNKNOWN ? 0.0f : d->codebook[(size_t)codes[p] * c->embed_dim + e];
     ts_be_upload(be, B->t1, host_z, (size_t)c->embed_dim * hw);
     conv(d, B->t2, B->t1, &d->post_quant_conv, c->embed_dim, h, w);
     int ch = c->ch * c->ch_mult[c->n_levels - 1];
@@ -361,7 +362,7 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
     if (n <= 0 || grid <= 0 || grid > 4096)
         return ts_fail(err, TS_ERR_INVALID, "vq_decode: bad image count or grid");
     for (size_t i = 0; i < (size_t)n * grid * grid; i++)
-        if (codes[i] < 0 || codes[i] >= c->codebook_size)
+        if (codes[i] < VQ_CODE_UNKNOWN || codes[i] >= c->codebook_size)
             return ts_fail(err, TS_ERR_INVALID, "vq_decode: code %d outside [0, %d)", codes[i],
                            c->codebook_size);
     size_t hw = (size_t)grid * grid;

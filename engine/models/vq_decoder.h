@@ -77,6 +77,10 @@ int vq_decoder_load(ts_backend *be, const vq_config *cfg, ts_st_file *file, vq_d
                     ts_error *err);
 void vq_decoder_free(vq_decoder *d);   /* NULL-safe */
 
+/* A code not generated yet (previews): its latent is the zero vector, which decodes
+ * to a flat grey-ish region that later steps fill in. */
+#define VQ_CODE_UNKNOWN (-1)
+
 /* Decodes n images of grid x grid codes each (raster order) into rgb (host),
  * n * (grid*ds) * (grid*ds) * 3 bytes, HWC. If pixels is non-NULL it also receives the
  * decoder's float output [n, 3, H, W] before the 8-bit mapping. */

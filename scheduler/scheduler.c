@@ -1,0 +1,530 @@
+/* scheduler.c - see scheduler.h. */
+#include "scheduler.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/models/vq_decoder.h"
+
+typedef enum group_state { G_WAITING, G_RUNNING, G_DECODING } group_state;
+
+typedef struct image_seqs {
+    ts_block_table cond, uncond;
+    int32_t *tokens;           /* [L] */
+    int decoded;               /* final image delivered */
+} image_seqs;
+
+typedef struct group {
+    uint64_t id;
+    ts_job_spec spec;
+    group_state state;
+    int cancelled;
+    int t;                     /* tokens generated so far, shared by every image */
+    int reserve;               /* KV blocks promised and not yet taken */
+    int last_position;         /* last queue position reported */
+    int preview_due;           /* step whose preview is pending, 0 = none */
+    int n_decoded;
+    image_seqs *img;           /* [n_images] */
+    struct group *next;
+} group;
+
+struct ts_sched {
+    ts_model *m;
+    ts_kv_cache *kv;
+    ts_block_manager bm;
+    ts_sched_config cfg;
+    ts_sched_emit_fn emit;
+    void *emit_ctx;
+
+    group *groups;             /* every live group, in arrival order */
+    ts_block_table null_prefix;
+    float *null_logits;        /* [vocab]: the null class's prefill logits */
+
+    /* Step scratch, grown on demand. */
+    int cap_rows;
+    llamagen_seq *rows;
+    int32_t *ids;
+    float *logits;
+    ts_sampler smp;
+    int32_t *codes;            /* [L] for previews */
+    uint8_t *rgb;              /* one image */
+
+    ts_sched_stats st;
+};
+
+void ts_event_free(ts_event *ev)
+{
+    if (!ev) return;
+    free(ev->rgb);
+    free(ev->tokens);
+    free(ev);
+}
+
+static ts_event *event_new(ts_event_kind kind, uint64_t job)
+{
+    ts_event *ev = calloc(1, sizeof *ev);
+    if (!ev) abort();   /* a few bytes; treat like the rest of the engine's small allocations */
+    ev->kind = kind;
+    ev->job = job;
+    return ev;
+}
+
+static void emit(ts_sched *s, ts_event *ev) { s->emit(s->emit_ctx, ev); }
+
+static const llamagen_config *gcfg(const ts_sched *s) { return &s->m->gpt->cfg; }
+
+/* Positions an image's sequences occupy: the class prefix, then every token but the
+ * last (never fed back). The uncond sequence stops at the last CFG step. */
+static int cond_positions(const ts_sched *s)
+{
+    return gcfg(s)->cls_token_num + gcfg(s)->block_size - 1;
+}
+
+static int last_cfg_step(const ts_sched *s, const ts_job_spec *spec)
+{
+    int last = -1;
+    for (int t = 0; t < gcfg(s)->block_size; t++)
+        if (ts_gen_cfg_active(&spec->params, t)) last = t;
+    return last;   /* the active steps are always a prefix */
+}
+
+int ts_sched_blocks_per_image(const ts_sched *s, const ts_job_spec *spec)
+{
+    int n = ts_bm_blocks_for(&s->bm, cond_positions(s));
+    int last = last_cfg_step(s, spec);
+    /* Steps 1..last feed the uncond row; step 0 reads the shared prefix's logits. */
+    if (last >= 1) n += ts_bm_blocks_for(&s->bm, gcfg(s)->cls_token_num + last);
+    return n;
+}
+
+int ts_sched_check(const ts_sched *s, const ts_job_spec *spec, ts_error *err)
+{
+    const llamagen_config *c = gcfg(s);
+    if (spec->n_images < 1 || spec->n_images > s->cfg.max_batch)
+        return ts_fail(err, TS_ERR_INVALID, "n must be between 1 and %d (the server's batch size)",
+                       s->cfg.max_batch);
+    if (spec->class_id < 0 || spec->class_id >= c->num_classes)
+        return ts_fail(err, TS_ERR_INVALID, "class must be between 0 and %d", c->num_classes - 1);
+    int need = spec->n_images * ts_sched_blocks_per_image(s, spec);
+    int total = s->kv->n_blocks - s->null_prefix.n;
+    if (need > total)
+        return ts_fail(err, TS_ERR_INVALID,
+                       "the request needs %d KV blocks and the server has %d; ask for fewer images",
+                       need, total);
+    return 0;
+}
+
+static group *find(ts_sched *s, uint64_t id)
+{
+    for (group *g = s->groups; g; g = g->next)
+        if (g->id == id) return g;
+    return NULL;
+}
+
+static void group_free(ts_sched *s, group *g)
+{
+    for (int i = 0; g->img && i < g->spec.n_images; i++) {
+        ts_bm_release(&s->bm, &g->img[i].cond);
+        ts_bm_release(&s->bm, &g->img[i].uncond);
+        free(g->img[i].tokens);
+    }
+    ts_bm_unreserve(&s->bm, &g->reserve);
+    free(g->img);
+    free(g);
+}
+
+static void unlink_group(ts_sched *s, group *g)
+{
+    for (group **p = &s->groups; *p; p = &(*p)->next)
+        if (*p == g) {
+            *p = g->next;
+            return;
+        }
+}
+
+/* Ends a group: unlinks and frees it, then emits kind (with message, for failures). */
+static void finish_group(ts_sched *s, group *g, ts_event_kind kind, const char *message)
+{
+    ts_event *ev = event_new(kind, g->id);
+    if (message) snprintf(ev->message, sizeof ev->message, "%.*s", (int)sizeof ev->message - 1, message);
+    unlink_group(s, g);
+    group_free(s, g);
+    emit(s, ev);
+}
+
+int ts_sched_add(ts_sched *s, uint64_t job, const ts_job_spec *spec, ts_error *err)
+{
+    int rc = ts_sched_check(s, spec, err);
+    if (rc) return rc;
+    if (find(s, job)) return ts_fail(err, TS_ERR_INVALID, "job %llu already queued",
+                                     (unsigned long long)job);
+    group *g = calloc(1, sizeof *g);
+    if (g) g->img = calloc((size_t)spec->n_images, sizeof *g->img);
+    if (!g || !g->img) {
+        free(g);
+        return ts_fail(err, TS_ERR_NOMEM, "out of memory queueing a request");
+    }
+    g->id = job;
+    g->spec = *spec;
+    g->state = G_WAITING;
+    group **p = &s->groups;
+    while (*p) p = &(*p)->next;
+    *p = g;
+    return 0;
+}
+
+int ts_sched_cancel(ts_sched *s, uint64_t job)
+{
+    group *g = find(s, job);
+    if (!g) return -1;
+    g->cancelled = 1;
+    return 0;
+}
+
+int ts_sched_busy(const ts_sched *s) { return s->groups != NULL; }
+
+/* ------------------------------------------------------------------ creation */
+
+static int grow_scratch(ts_sched *s, int rows, ts_error *err)
+{
+    if (rows <= s->cap_rows) return 0;
+    int V = gcfg(s)->vocab_size;
+    llamagen_seq *r = realloc(s->rows, (size_t)rows * sizeof *r);
+    if (r) s->rows = r;
+    int32_t *ids = realloc(s->ids, (size_t)rows * sizeof *ids);
+    if (ids) s->ids = ids;
+    float *lg = realloc(s->logits, (size_t)rows * V * sizeof *lg);
+    if (lg) s->logits = lg;
+    if (!r || !ids || !lg) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
+    s->cap_rows = rows;
+    return 0;
+}
+
+int ts_sched_create(ts_model *m, ts_kv_cache *kv, const ts_sched_config *cfg,
+                    ts_sched_emit_fn emit_fn, void *emit_ctx, ts_sched **out, ts_error *err)
+{
+    *out = NULL;
+    if (!m->gpt || !m->vq)
+        return ts_fail(err, TS_ERR_CONFIG, "serving needs a model folder with both gpt and vq");
+    if (cfg->max_batch < 1 || cfg->decodes_per_step < 1 || cfg->previews_per_step < 0)
+        return ts_fail(err, TS_ERR_INVALID, "scheduler: bad limits");
+    ts_sched *s = calloc(1, sizeof *s);
+    if (!s) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
+    s->m = m;
+    s->kv = kv;
+    s->cfg = *cfg;
+    s->emit = emit_fn;
+    s->emit_ctx = emit_ctx;
+    ts_bm_init(&s->bm, kv);
+    const llamagen_config *c = gcfg(s);
+    int L = c->block_size, img = m->image_size;
+    int rc = TS_ERR_NOMEM;
+    s->null_logits = malloc((size_t)c->vocab_size * sizeof *s->null_logits);
+    s->codes = malloc((size_t)L * sizeof *s->codes);
+    s->rgb = malloc((size_t)img * img * 3);
+    if (!s->null_logits || !s->codes || !s->rgb || ts_sampler_init(&s->smp, c->vocab_size)) {
+        ts_fail(err, rc, "scheduler: out of memory");
+        goto fail;
+    }
+    if ((rc = grow_scratch(s, 2, err))) goto fail;
+
+    /* The null-class prefix, once, for every request's uncond sequence. */
+    int reserve = 0, n = c->cls_token_num;
+    if (ts_bm_reserve(&s->bm, ts_bm_blocks_for(&s->bm, n), &reserve)) {
+        rc = ts_fail(err, TS_ERR_NOMEM, "kv cache too small for even the null-class prefix");
+        goto fail;
+    }
+    rc = ts_bm_prepare(&s->bm, &s->null_prefix, n, 0, &reserve, err);
+    ts_bm_unreserve(&s->bm, &reserve);
+    if (rc) goto fail;
+    for (int i = 0; i < n; i++) s->ids[i] = c->num_classes;
+    llamagen_seq seq = {0, n, s->ids, s->null_prefix.blocks};
+    if ((rc = llamagen_forward(m->gpt, kv, &seq, 1, s->null_logits, err))) goto fail;
+    *out = s;
+    return 0;
+fail:
+    ts_sched_free(s);
+    return rc;
+}
+
+void ts_sched_free(ts_sched *s)
+{
+    if (!s) return;
+    while (s->groups) {
+        group *g = s->groups;
+        s->groups = g->next;
+        group_free(s, g);
+    }
+    ts_bm_release(&s->bm, &s->null_prefix);
+    ts_sampler_free(&s->smp);
+    free(s->null_logits);
+    free(s->rows);
+    free(s->ids);
+    free(s->logits);
+    free(s->codes);
+    free(s->rgb);
+    free(s);
+}
+
+/* ------------------------------------------------------------------ the step */
+
+static void drop_cancelled(ts_sched *s)
+{
+    group *g = s->groups;
+    while (g) {
+        group *next = g->next;
+        if (g->cancelled) finish_group(s, g, TS_EV_CANCELLED, NULL);
+        g = next;
+    }
+}
+
+static int running_images(const ts_sched *s)
+{
+    int n = 0;
+    for (const group *g = s->groups; g; g = g->next)
+        if (g->state == G_RUNNING) n += g->spec.n_images;
+    return n;
+}
+
+/* First come, first served: the oldest waiting group blocks the ones behind it, so a
+ * large request is never starved by a stream of small ones. */
+static void admit(ts_sched *s)
+{
+    int images = running_images(s);
+    int blocked = 0, position = 0;
+    for (group *g = s->groups; g; g = g->next) {
+        if (g->state != G_WAITING) continue;
+        if (!blocked) {
+            int need = g->spec.n_images * ts_sched_blocks_per_image(s, &g->spec);
+            if (images + g->spec.n_images <= s->cfg.max_batch &&
+                ts_bm_reserve(&s->bm, need, &g->reserve) == 0) {
+                int L = gcfg(s)->block_size;
+                int ok = 1;
+                for (int i = 0; i < g->spec.n_images && ok; i++)
+                    ok = (g->img[i].tokens = malloc((size_t)L * sizeof(int32_t))) != NULL;
+                if (!ok) {
+                    g->cancelled = 1;   /* dropped (as failed) below */
+                    continue;
+                }
+                g->state = G_RUNNING;
+                images += g->spec.n_images;
+                emit(s, event_new(TS_EV_STARTED, g->id));
+                continue;
+            }
+            blocked = 1;
+        }
+        position++;
+        if (position != g->last_position) {
+            ts_event *ev = event_new(TS_EV_QUEUED, g->id);
+            ev->position = g->last_position = position;
+            emit(s, ev);
+        }
+    }
+    group *g = s->groups;
+    while (g) {   /* groups whose token buffers could not be allocated */
+        group *next = g->next;
+        if (g->cancelled && g->state == G_WAITING)
+            finish_group(s, g, TS_EV_FAILED, "out of memory starting the request");
+        g = next;
+    }
+}
+
+/* Adds the rows of image i of g at step t to the batch; returns the rows added. */
+static int add_rows(ts_sched *s, group *g, int i, int *n_rows, ts_error *err)
+{
+    const llamagen_config *c = gcfg(s);
+    image_seqs *im = &g->img[i];
+    int t = g->t, cls = c->cls_token_num, r = *n_rows;
+    int cfg = g->spec.params.cfg_scale > 1.0f;
+    int rc;
+    if (t == 0) {
+        if ((rc = ts_bm_prepare(&s->bm, &im->cond, cls, 0, &g->reserve, err))) return rc;
+        s->ids[r] = g->spec.class_id;
+        s->rows[r] = (llamagen_seq){0, 1, &s->ids[r], im->cond.blocks};
+        *n_rows = r + 1;
+        /* The uncond row's step-0 logits are the shared prefix's. */
+        if (cfg && last_cfg_step(s, &g->spec) >= 1)
+            return ts_bm_share(&s->bm, &im->uncond, &s->null_prefix, err);
+        return 0;
+    }
+    int pos = cls + t - 1;   /* where token t-1 goes */
+    if ((rc = ts_bm_prepare(&s->bm, &im->cond, pos + 1, pos, &g->reserve, err))) return rc;
+    s->ids[r] = im->tokens[t - 1];
+    s->rows[r] = (llamagen_seq){pos, 1, &s->ids[r], im->cond.blocks};
+    r++;
+    if (cfg && ts_gen_cfg_active(&g->spec.params, t)) {
+        if ((rc = ts_bm_prepare(&s->bm, &im->uncond, pos + 1, pos, &g->reserve, err))) return rc;
+        s->ids[r] = im->tokens[t - 1];
+        s->rows[r] = (llamagen_seq){pos, 1, &s->ids[r], im->uncond.blocks};
+        r++;
+    } else if (im->uncond.n) {
+        ts_bm_release(&s->bm, &im->uncond);   /* CFG is over for this image: free early */
+    }
+    *n_rows = r;
+    return 0;
+}
+
+static void fail_running(ts_sched *s, const char *message)
+{
+    group *g = s->groups;
+    while (g) {
+        group *next = g->next;
+        if (g->state == G_RUNNING) finish_group(s, g, TS_EV_FAILED, message);
+        g = next;
+    }
+}
+
+static int ar_step(ts_sched *s, ts_error *err)
+{
+    const llamagen_config *c = gcfg(s);
+    int L = c->block_size, V = c->vocab_size;
+    int rows_needed = 0, images = 0;
+    for (group *g = s->groups; g; g = g->next)
+        if (g->state == G_RUNNING) rows_needed += 2 * g->spec.n_images;
+    if (!rows_needed) return 0;
+    int rc = grow_scratch(s, rows_needed, err);
+    if (rc) return rc;
+
+    int n_rows = 0;
+    for (group *g = s->groups; g; g = g->next) {
+        if (g->state != G_RUNNING) continue;
+        for (int i = 0; i < g->spec.n_images; i++)
+            if ((rc = add_rows(s, g, i, &n_rows, err))) return rc;
+        images += g->spec.n_images;
+    }
+    if ((rc = llamagen_forward(s->m->gpt, s->kv, s->rows, n_rows, s->logits, err))) return rc;
+    s->st.forward_passes++;
+    s->st.rows_total += (uint64_t)n_rows;
+    s->st.last_batch_rows = n_rows;
+    s->st.last_batch_images = images;
+
+    /* Rows were laid out per image as [cond] or [cond, uncond]; walk them the same way. */
+    int r = 0;
+    for (group *g = s->groups; g; g = g->next) {
+        if (g->state != G_RUNNING) continue;
+        const ts_gen_params *p = &g->spec.params;
+        int t = g->t;
+        int two = p->cfg_scale > 1.0f && t > 0 && ts_gen_cfg_active(p, t);
+        for (int i = 0; i < g->spec.n_images; i++) {
+            float *cond = s->logits + (size_t)r * V;
+            const float *uncond = NULL;
+            if (p->cfg_scale > 1.0f) uncond = two ? cond + V : s->null_logits;
+            g->img[i].tokens[t] =
+                ts_gen_pick_token(&s->smp, p, cond, uncond, p->seed + (uint64_t)i, t);
+            r += two ? 2 : 1;
+        }
+        g->t = t + 1;
+        ts_event *ev = event_new(TS_EV_PROGRESS, g->id);
+        ev->step = g->t;
+        ev->total = L;
+        emit(s, ev);
+        if (g->t == L) {
+            /* Tokens complete: the KV blocks go back before the (slow) decodes. */
+            for (int i = 0; i < g->spec.n_images; i++) {
+                ts_bm_release(&s->bm, &g->img[i].cond);
+                ts_bm_release(&s->bm, &g->img[i].uncond);
+            }
+            ts_bm_unreserve(&s->bm, &g->reserve);
+            g->state = G_DECODING;
+            g->preview_due = 0;
+        } else if (g->spec.preview_every > 0 && g->t % g->spec.preview_every == 0) {
+            g->preview_due = g->t;   /* a newer preview replaces one not yet decoded */
+        }
+    }
+    return 0;
+}
+
+/* Decodes image i of g from its first `known` tokens (the rest unknown). */
+static int decode(ts_sched *s, group *g, int i, int known, ts_error *err)
+{
+    int L = gcfg(s)->block_size;
+    for (int k = 0; k < L; k++) s->codes[k] = k < known ? g->img[i].tokens[k] : VQ_CODE_UNKNOWN;
+    s->st.vq_decodes++;
+    return vq_decode(s->m->vq, s->codes, 1, gcfg(s)->grid, s->rgb, NULL, err);
+}
+
+static ts_event *image_event(ts_sched *s, ts_event_kind kind, group *g, int i, int step)
+{
+    int px = s->m->image_size;
+    size_t bytes = (size_t)px * px * 3;
+    ts_event *ev = event_new(kind, g->id);
+    ev->image = i;
+    ev->step = step;
+    ev->total = gcfg(s)->block_size;
+    ev->width = ev->height = px;
+    ev->rgb = malloc(bytes);
+    if (!ev->rgb) abort();
+    memcpy(ev->rgb, s->rgb, bytes);
+    return ev;
+}
+
+static void decode_phase(ts_sched *s)
+{
+    int L = gcfg(s)->block_size;
+    int finals = s->cfg.decodes_per_step, previews = s->cfg.previews_per_step;
+    ts_error err = {0};
+    group *g = s->groups;
+    while (g) {
+        group *next = g->next;
+        if (g->state == G_DECODING) {
+            int failed = 0;
+            for (int i = 0; i < g->spec.n_images && finals > 0 && !failed; i++) {
+                if (g->img[i].decoded) continue;
+                finals--;
+                if (decode(s, g, i, L, &err)) {
+                    failed = 1;
+                    break;
+                }
+                ts_event *ev = image_event(s, TS_EV_IMAGE, g, i, L);
+                ev->tokens = g->img[i].tokens;   /* handed over */
+                g->img[i].tokens = NULL;
+                g->img[i].decoded = 1;
+                g->n_decoded++;
+                s->st.images_done++;
+                emit(s, ev);
+            }
+            if (failed) finish_group(s, g, TS_EV_FAILED, err.msg);
+            else if (g->n_decoded == g->spec.n_images) finish_group(s, g, TS_EV_DONE, NULL);
+        } else if (g->state == G_RUNNING && g->preview_due && previews > 0) {
+            previews--;
+            int due = g->preview_due;
+            g->preview_due = 0;
+            for (int i = 0; i < g->spec.n_images; i++) {
+                if (decode(s, g, i, due, &err)) break;   /* a preview is best effort */
+                s->st.previews++;
+                emit(s, image_event(s, TS_EV_PREVIEW, g, i, due));
+            }
+        }
+        g = next;
+    }
+}
+
+int ts_sched_step(ts_sched *s, ts_error *err)
+{
+    (void)err;
+    drop_cancelled(s);
+    admit(s);
+    ts_error step_err = {0};
+    if (ar_step(s, &step_err)) {
+        /* The forward failed part-way: the running groups' caches are suspect. */
+        char msg[sizeof step_err.msg + 32];
+        snprintf(msg, sizeof msg, "engine step failed: %s", step_err.msg);
+        fail_running(s, msg);
+    }
+    decode_phase(s);
+    return 0;
+}
+
+void ts_sched_get_stats(const ts_sched *s, ts_sched_stats *st)
+{
+    *st = s->st;
+    st->waiting = st->running = 0;
+    for (const group *g = s->groups; g; g = g->next) {
+        if (g->state == G_WAITING) st->waiting++;
+        else st->running++;
+    }
+    st->kv_blocks_total = s->kv->n_blocks;
+    st->kv_blocks_free = ts_kv_free_blocks(s->kv);
+    st->kv_blocks_reserved = s->bm.reserved;
+}

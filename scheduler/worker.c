@@ -1,0 +1,372 @@
+/* worker.c - see worker.h. */
+#include "worker.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const double ts_step_time_bounds[TS_STEP_TIME_BUCKETS - 1] = {0.005, 0.01, 0.025, 0.05, 0.1,
+                                                              0.25,  0.5,  1.0,   2.5,  5.0};
+const int ts_batch_bounds[TS_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 32, 64, 128};
+
+typedef struct submission {
+    uint64_t job;
+    ts_job_spec spec;
+    struct submission *next;
+} submission;
+
+typedef struct cancel_req {
+    uint64_t job;
+    struct cancel_req *next;
+} cancel_req;
+
+struct ts_worker {
+    ts_worker_config cfg;
+    char *model_dir;
+    void (*notify)(void *);
+    void *notify_ctx;
+    pthread_t thread;
+
+    _Atomic int state;
+    char error[TS_ERROR_MSG_MAX];
+    ts_model_info info;
+
+    /* Engine-thread objects. */
+    ts_backend *be;
+    ts_model *model;
+    ts_kv_cache *kv;
+    ts_sched *sched;
+    ts_event *step_head, **step_tail;   /* events of the step in progress */
+
+    /* Shared with other threads, under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    submission *in_head, **in_tail;
+    cancel_req *cancels;
+    ts_event *out_head, **out_tail;
+    int draining;
+    ts_worker_stats stats;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The scheduler's sink: collect the step's events without locking. */
+static void collect(void *ctx, ts_event *ev)
+{
+    ts_worker *w = ctx;
+    ev->next = NULL;
+    *w->step_tail = ev;
+    w->step_tail = &ev->next;
+}
+
+static void publish(ts_worker *w)
+{
+    if (!w->step_head) return;
+    pthread_mutex_lock(&w->mu);
+    *w->out_tail = w->step_head;
+    w->out_tail = w->step_tail;
+    pthread_mutex_unlock(&w->mu);
+    w->step_head = NULL;
+    w->step_tail = &w->step_head;
+    w->notify(w->notify_ctx);
+}
+
+static void fail_job(ts_worker *w, uint64_t job, const char *msg)
+{
+    ts_event *ev = calloc(1, sizeof *ev);
+    if (!ev) abort();
+    ev->kind = TS_EV_FAILED;
+    ev->job = job;
+    snprintf(ev->message, sizeof ev->message, "%.*s", (int)sizeof ev->message - 1, msg);
+    collect(w, ev);
+}
+
+static int load(ts_worker *w, ts_error *err)
+{
+    int rc;
+    if (!(w->be = ts_backend_cpu_create(w->cfg.n_threads, err))) return err->code;
+    if ((rc = ts_model_load(w->be, w->model_dir, &w->model, err))) return rc;
+    if (!w->model->vq)
+        return ts_fail(err, TS_ERR_CONFIG, "%s: serving needs a vq decoder in the model folder",
+                       w->model_dir);
+    const llamagen_config *c = &w->model->gpt->cfg;
+    int bs = 16;
+    size_t block_bytes = ts_kv_block_bytes(c->n_layer, c->n_kv_head, c->head_dim, bs);
+    int per_seq = (c->cls_token_num + c->block_size - 1 + bs - 1) / bs;
+    int per_image = 2 * per_seq;
+    long n_blocks;
+    if (w->cfg.kv_memory) {
+        n_blocks = (long)(w->cfg.kv_memory / block_bytes);
+        if (n_blocks < per_image + 1)
+            return ts_fail(err, TS_ERR_INVALID,
+                           "--kv-memory %zu bytes holds %ld KV blocks of %zu bytes; one image "
+                           "with CFG needs %d (plus 1 shared): give at least %zu bytes",
+                           w->cfg.kv_memory, n_blocks, block_bytes, per_image,
+                           (size_t)(per_image + 1) * block_bytes);
+    } else {
+        n_blocks = (long)per_image * w->cfg.sched.max_batch + 1;
+    }
+    if (n_blocks > (1L << 30)) n_blocks = 1L << 30;
+    if ((rc = ts_kv_cache_create(w->be, c->n_layer, c->n_kv_head, c->head_dim, bs,
+                                 (int)n_blocks, &w->kv, err)))
+        return rc;
+    if ((rc = ts_sched_create(w->model, w->kv, &w->cfg.sched, collect, w, &w->sched, err)))
+        return rc;
+    ts_model_info *i = &w->info;
+    snprintf(i->name, sizeof i->name, "%s", w->model->name);
+    snprintf(i->family, sizeof i->family, "llamagen");
+    i->image_size = w->model->image_size;
+    i->num_classes = c->num_classes;
+    i->n_tokens = c->block_size;
+    i->kv_blocks = (int)n_blocks;
+    i->kv_block_size = bs;
+    i->kv_bytes = (size_t)n_blocks * block_bytes;
+    i->blocks_per_image = per_image;
+    return 0;
+}
+
+static void record_step(ts_worker *w, double seconds)
+{
+    ts_sched_stats ss;
+    ts_sched_get_stats(w->sched, &ss);
+    pthread_mutex_lock(&w->mu);
+    ts_worker_stats *st = &w->stats;
+    uint64_t before = st->sched.forward_passes;
+    st->sched = ss;
+    st->steps++;
+    st->step_time_sum += seconds;
+    for (int b = 0; b < TS_STEP_TIME_BUCKETS; b++)
+        if (b == TS_STEP_TIME_BUCKETS - 1 || seconds <= ts_step_time_bounds[b]) st->step_time_hist[b]++;
+    if (ss.forward_passes > before) {
+        int n = ss.last_batch_images;
+        st->batch_sum += (uint64_t)n;
+        for (int b = 0; b < TS_BATCH_BUCKETS; b++)
+            if (b == TS_BATCH_BUCKETS - 1 || n <= ts_batch_bounds[b]) st->batch_hist[b]++;
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void unload(ts_worker *w)
+{
+    ts_sched_free(w->sched);
+    w->sched = NULL;
+    ts_kv_cache_destroy(w->kv);
+    w->kv = NULL;
+    ts_model_free(w->model);
+    w->model = NULL;
+    ts_backend_free(w->be);
+    w->be = NULL;
+}
+
+static void *run(void *arg)
+{
+    ts_worker *w = arg;
+    ts_error err = {0};
+    if (load(w, &err)) {
+        unload(w);
+        snprintf(w->error, sizeof w->error, "%s", err.msg);
+        atomic_store(&w->state, TS_WORKER_FAILED);
+        w->notify(w->notify_ctx);
+        return NULL;
+    }
+    free(w->model_dir);
+    w->model_dir = NULL;
+    {
+        ts_sched_stats ss;
+        ts_sched_get_stats(w->sched, &ss);
+        pthread_mutex_lock(&w->mu);
+        w->stats.sched = ss;
+        pthread_mutex_unlock(&w->mu);
+    }
+    atomic_store(&w->state, TS_WORKER_READY);
+    w->notify(w->notify_ctx);
+
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        for (;;) {
+            int pending = w->in_head || w->cancels;
+            if (pending || ts_sched_busy(w->sched)) break;
+            if (w->draining) {
+                pthread_mutex_unlock(&w->mu);
+                goto out;
+            }
+            pthread_cond_wait(&w->cv, &w->mu);
+        }
+        submission *in = w->in_head;
+        w->in_head = NULL;
+        w->in_tail = &w->in_head;
+        cancel_req *cancels = w->cancels;
+        w->cancels = NULL;
+        pthread_mutex_unlock(&w->mu);
+
+        while (in) {
+            submission *next = in->next;
+            ts_error e = {0};
+            if (ts_sched_add(w->sched, in->job, &in->spec, &e)) fail_job(w, in->job, e.msg);
+            free(in);
+            in = next;
+        }
+        while (cancels) {
+            cancel_req *next = cancels->next;
+            ts_sched_cancel(w->sched, cancels->job);   /* unknown: already finished */
+            free(cancels);
+            cancels = next;
+        }
+        double t0 = now_seconds();
+        if (ts_sched_step(w->sched, &err)) {
+            fprintf(stderr, "tessera: scheduler failure: %s\n", err.msg);
+            abort();   /* broken invariants: better a crash and a restart than wrong images */
+        }
+        record_step(w, now_seconds() - t0);
+        publish(w);
+    }
+out:
+    publish(w);
+    unload(w);
+    atomic_store(&w->state, TS_WORKER_STOPPED);
+    w->notify(w->notify_ctx);
+    return NULL;
+}
+
+int ts_worker_start(const ts_worker_config *cfg, void (*notify)(void *), void *ctx,
+                    ts_worker **out, ts_error *err)
+{
+    *out = NULL;
+    ts_worker *w = calloc(1, sizeof *w);
+    if (!w) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    w->cfg = *cfg;
+    w->model_dir = strdup(cfg->model_dir);
+    w->cfg.model_dir = NULL;
+    w->notify = notify;
+    w->notify_ctx = ctx;
+    w->step_tail = &w->step_head;
+    w->in_tail = &w->in_head;
+    w->out_tail = &w->out_head;
+    atomic_init(&w->state, TS_WORKER_LOADING);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (!w->model_dir || pthread_create(&w->thread, NULL, run, w)) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w->model_dir);
+        free(w);
+        return ts_fail(err, TS_ERR_NOMEM, "cannot start the engine thread");
+    }
+    *out = w;
+    return 0;
+}
+
+ts_worker_state ts_worker_get_state(ts_worker *w) { return atomic_load(&w->state); }
+const char *ts_worker_error(ts_worker *w) { return w->error; }
+const ts_model_info *ts_worker_info(ts_worker *w) { return &w->info; }
+
+int ts_worker_check(ts_worker *w, const ts_job_spec *spec, ts_error *err)
+{
+    if (atomic_load(&w->state) != TS_WORKER_READY)
+        return ts_fail(err, TS_ERR_UNSUPPORTED, "the model is not loaded");
+    /* Reads only what is fixed after loading: limits, cache size, model config. */
+    return ts_sched_check(w->sched, spec, err);
+}
+
+int ts_worker_submit(ts_worker *w, uint64_t job, const ts_job_spec *spec, ts_error *err)
+{
+    submission *s = calloc(1, sizeof *s);
+    if (!s) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    s->job = job;
+    s->spec = *spec;
+    pthread_mutex_lock(&w->mu);
+    *w->in_tail = s;
+    w->in_tail = &s->next;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+void ts_worker_cancel(ts_worker *w, uint64_t job)
+{
+    cancel_req *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->job = job;
+    pthread_mutex_lock(&w->mu);
+    /* A job still in the inbox never reaches the scheduler: answer for it here. */
+    for (submission **p = &w->in_head; *p; p = &(*p)->next)
+        if ((*p)->job == job) {
+            submission *s = *p;
+            *p = s->next;
+            if (!*p) w->in_tail = p;
+            free(s);
+            free(c);
+            ts_event *ev = calloc(1, sizeof *ev);
+            if (!ev) abort();
+            ev->kind = TS_EV_CANCELLED;
+            ev->job = job;
+            *w->out_tail = ev;
+            w->out_tail = &ev->next;
+            pthread_mutex_unlock(&w->mu);
+            w->notify(w->notify_ctx);
+            return;
+        }
+    c->next = w->cancels;
+    w->cancels = c;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+ts_event *ts_worker_take_events(ts_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    ts_event *ev = w->out_head;
+    w->out_head = NULL;
+    w->out_tail = &w->out_head;
+    pthread_mutex_unlock(&w->mu);
+    return ev;
+}
+
+void ts_worker_get_stats(ts_worker *w, ts_worker_stats *st)
+{
+    pthread_mutex_lock(&w->mu);
+    *st = w->stats;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void ts_worker_drain(ts_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->draining = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void ts_worker_free(ts_worker *w)
+{
+    if (!w) return;
+    ts_worker_drain(w);
+    pthread_join(w->thread, NULL);
+    for (ts_event *ev = w->out_head; ev;) {
+        ts_event *next = ev->next;
+        ts_event_free(ev);
+        ev = next;
+    }
+    while (w->in_head) {
+        submission *s = w->in_head;
+        w->in_head = s->next;
+        free(s);
+    }
+    while (w->cancels) {
+        cancel_req *c = w->cancels;
+        w->cancels = c->next;
+        free(c);
+    }
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w->model_dir);
+    free(w);
+}
