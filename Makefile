@@ -28,6 +28,7 @@ CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsub
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -Wall -Wextra $(WERROR) -MMD -MP -I. $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
 LDLIBS  := -ljansson -lpng $(BLAS_LIBS) -lm -pthread
+SERVER_LIBS := -lmicrohttpd -luv
 
 ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c engine/models/*.c)
 API_SRC    := $(wildcard api/*.c)
@@ -36,7 +37,8 @@ SERVER_SRC := $(wildcard server/*.c)
 LIB_SRC    := $(ENGINE_SRC) $(SCHED_SRC) $(API_SRC)
 
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/web_assets.o
+WEB_FILES  := $(sort $(wildcard web/*.html web/*.js web/*.css web/*.png web/*.svg web/*.ico))
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
@@ -45,7 +47,19 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 all: $(BUILD)/tessera
 
 $(BUILD)/tessera: $(SERVER_OBJ) $(BUILD)/libtessera.a
-	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS) $(SERVER_LIBS)
+
+# The web page is compiled into the binary (tools/embed_assets.c), so it needs no files.
+$(BUILD)/tools/embed_assets: tools/embed_assets.c
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -o $@ $<
+
+$(BUILD)/gen/web_assets.c: $(WEB_FILES) $(BUILD)/tools/embed_assets
+	@mkdir -p $(dir $@)
+	$(BUILD)/tools/embed_assets $@ web $(WEB_FILES)
+
+$(BUILD)/gen/web_assets.o: $(BUILD)/gen/web_assets.c
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libtessera.a: $(LIB_OBJ)
 	ar rcs $@ $^

@@ -98,3 +98,14 @@ int ts_png_write_file(const char *path, const uint8_t *rgb, int w, int h,
     if (wrote != len || close_rc != 0) return ts_fail(err, TS_ERR_IO, "%s: write failed", path);
     return TS_OK;
 }
+
+void ts_png_parameters(char *buf, size_t cap, const char *model, int class_id, int index,
+                       const ts_gen_params *p)
+{
+    snprintf(buf, cap,
+             "model=%s; class=%d; image_index=%d; seed=%llu; cfg=%g; cfg_interval=%g; "
+             "top_k=%d; top_p=%g; temperature=%g",
+             model, class_id, index, (unsigned long long)(p->seed + (uint64_t)index),
+             p->cfg_scale, p->cfg_interval, p->sample.top_k, p->sample.top_p,
+             p->sample.temperature);
+}

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "engine/error.h"
+#include "engine/generate.h"
 
 typedef struct ts_png_text {
     const char *key;     /* 1-79 Latin-1 characters, as PNG requires */
@@ -17,6 +18,12 @@ typedef struct ts_png_text {
  * the caller frees. */
 int ts_png_encode(const uint8_t *rgb, int w, int h, const ts_png_text *text, int n_text,
                   uint8_t **out, size_t *len, ts_error *err);
+
+/* The "parameters" text of image `index` of a request with params p (whose seed is
+ * the request's; the image's own is p->seed + index). The CLI and the server write the
+ * same text, so the same request gives the same PNG bytes from either. */
+void ts_png_parameters(char *buf, size_t cap, const char *model, int class_id, int index,
+                       const ts_gen_params *p);
 
 /* Encodes and writes to path. */
 int ts_png_write_file(const char *path, const uint8_t *rgb, int w, int h,

@@ -125,6 +125,7 @@ static int load(ts_worker *w, ts_error *err)
     snprintf(i->family, sizeof i->family, "llamagen");
     i->image_size = w->model->image_size;
     i->num_classes = c->num_classes;
+    i->vocab_size = c->vocab_size;
     i->n_tokens = c->block_size;
     i->kv_blocks = (int)n_blocks;
     i->kv_block_size = bs;
@@ -170,6 +171,13 @@ static void *run(void *arg)
 {
     ts_worker *w = arg;
     ts_error err = {0};
+    /* For tests of the loading state (a real model folder loads too fast to observe). */
+    const char *delay = getenv("TESSERA_TEST_LOAD_DELAY_MS");
+    if (delay) {
+        long ms = atol(delay);
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     if (load(w, &err)) {
         unload(w);
         snprintf(w->error, sizeof w->error, "%s", err.msg);

@@ -35,6 +35,7 @@ typedef struct ts_model_info {
     char family[32];
     int image_size;
     int num_classes;
+    int vocab_size;
     int n_tokens;               /* tokens per image (steps) */
     int kv_blocks;
     int kv_block_size;

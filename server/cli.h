@@ -6,5 +6,6 @@
 #define TESSERA_VERSION "0.1.0"
 
 int cmd_generate(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -271,11 +271,7 @@ int cmd_generate(int argc, char **argv)
         t_dec = now_s() - t0;
         for (int i = 0; i < n; i++) {
             char params[512], path[4096];
-            snprintf(params, sizeof params,
-                     "model=%s; class=%d; image_index=%d; seed=%llu; cfg=%g; cfg_interval=%g; "
-                     "top_k=%d; top_p=%g; temperature=%g",
-                     m->name, classes[i], i, (unsigned long long)(o.p.seed + (uint64_t)i), o.p.cfg_scale,
-                     o.p.cfg_interval, o.p.sample.top_k, o.p.sample.top_p, o.p.sample.temperature);
+            ts_png_parameters(params, sizeof params, m->name, classes[i], i, &o.p);
             ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
             image_path(path, sizeof path, o.out, i, n);
             if (ts_png_write_file(path, rgb + i * img_bytes, side, side, text, 2, &err)) goto fail;

@@ -13,6 +13,7 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  generate   generate images from a model folder and write PNGs\n"
+            "  serve      serve a model over HTTP (REST, Server-Sent Events, web page)\n"
             "  version    print the version\n"
             "\n"
             "Run `tessera <command> --help` for a command's options.\n",
@@ -27,6 +28,7 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[1];
     if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0) return cmd_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("tessera %s\n", TESSERA_VERSION);
         return 0;

@@ -1,0 +1,179 @@
+/* request.c - see request.h. */
+#include "request.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, ...)
+{
+    e->status = status;
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+#define INVALID(...) ts_api_fail(e, 422, "invalid_field", __VA_ARGS__)
+
+/* Optional integer field in [lo, hi]; JSON numbers with a fraction are refused. */
+static int get_int(json_t *o, const char *k, long long lo, long long hi, long long *v,
+                   ts_api_error *e)
+{
+    json_t *x = json_object_get(o, k);
+    if (!x || json_is_null(x)) return 0;
+    if (!json_is_integer(x)) return INVALID("%s: must be an integer", k);
+    long long n = json_integer_value(x);
+    if (n < lo || n > hi) return INVALID("%s: must be between %lld and %lld", k, lo, hi);
+    *v = n;
+    return 0;
+}
+
+static int get_num(json_t *o, const char *k, double lo, double hi, int lo_open, double *v,
+                   ts_api_error *e)
+{
+    json_t *x = json_object_get(o, k);
+    if (!x || json_is_null(x)) return 0;
+    if (!json_is_number(x)) return INVALID("%s: must be a number", k);
+    double d = json_number_value(x);
+    if (!isfinite(d) || d > hi || d < lo || (lo_open && d == lo))
+        return INVALID("%s: must be a number in %s%g, %g]", k, lo_open ? "(" : "[", lo, hi);
+    *v = d;
+    return 0;
+}
+
+static int get_bool(json_t *o, const char *k, int *v, ts_api_error *e)
+{
+    json_t *x = json_object_get(o, k);
+    if (!x || json_is_null(x)) return 0;
+    if (!json_is_boolean(x)) return INVALID("%s: must be true or false", k);
+    *v = json_is_true(x);
+    return 0;
+}
+
+static int resolve_prompt(json_t *x, const char *k, const ts_api_limits *lim, int32_t *cls,
+                          ts_api_error *e)
+{
+    if (!json_is_string(x)) return INVALID("%s: must be a string", k);
+    const char *p = json_string_value(x);
+    if (strlen(p) > TS_API_MAX_PROMPT)
+        return INVALID("%s: longer than %d characters", k, TS_API_MAX_PROMPT);
+    int c = ts_classes_lookup(lim->classes, lim->num_classes, p);
+    if (c < 0) {
+        if (lim->classes->n == 0)
+            return INVALID("%s: this model has no class-name table; give a class id (0-%d)", k,
+                           lim->num_classes - 1);
+        return INVALID("%s: \"%.80s\" is not a class name of this model (see GET /v1/classes)",
+                       k, p);
+    }
+    *cls = c;
+    return 0;
+}
+
+static const char *const NATIVE_KEYS[] = {"class", "prompt", "n", "seed", "cfg", "cfg_interval",
+                                          "top_k", "top_p", "temperature", "stream", NULL};
+static const char *const OPENAI_KEYS[] = {"prompt", "n", "seed", "size", "response_format",
+                                          "model", "stream", "partial_images", "user",
+                                          "quality", "output_format", "background",
+                                          "moderation", "style", NULL};
+
+static int known(const char *const *keys, const char *k)
+{
+    for (int i = 0; keys[i]; i++)
+        if (strcmp(keys[i], k) == 0) return 1;
+    return 0;
+}
+
+static int parse_fields(ts_api_kind kind, json_t *o, const ts_api_limits *lim, int allow_stream,
+                        uint64_t random_seed, ts_gen_request *out, ts_api_error *e)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        if (!known(kind == TS_API_OPENAI ? OPENAI_KEYS : NATIVE_KEYS, k))
+            return INVALID("%.64s: unknown field", k);
+    }
+    ts_job_spec *s = &out->spec;
+    memset(out, 0, sizeof *out);
+    s->n_images = 1;
+    s->class_id = -1;
+    /* Defaults are upstream's sample_c2i.py (and the CLI's), so requests match it. */
+    long long n = 1, seed = (long long)(random_seed % TS_API_MAX_SEED), top_k = 2000, partial = 0;
+    double cfg = 4.0, interval = -1.0, top_p = 1.0, temp = 1.0;
+    int stream = 0;
+
+    json_t *cls = json_object_get(o, "class"), *prompt = json_object_get(o, "prompt");
+    if (kind == TS_API_NATIVE && cls && !json_is_null(cls)) {
+        if (prompt) return INVALID("class: give either class or prompt, not both");
+        long long c = -1;
+        if (get_int(o, "class", 0, lim->num_classes - 1, &c, e)) return -1;
+        s->class_id = (int32_t)c;
+    } else if (prompt && !json_is_null(prompt)) {
+        if (resolve_prompt(prompt, "prompt", lim, &s->class_id, e)) return -1;
+    } else {
+        return INVALID(kind == TS_API_OPENAI ? "prompt: required (a class name of this model)"
+                                             : "class: required (or prompt, a class name)");
+    }
+    if (get_int(o, "n", 1, lim->max_n, &n, e) ||
+        get_int(o, "seed", 0, (long long)TS_API_MAX_SEED, &seed, e) ||
+        get_bool(o, "stream", &stream, e))
+        return -1;
+    if (kind == TS_API_NATIVE) {
+        if (get_num(o, "cfg", 0.0, 100.0, 0, &cfg, e) ||
+            get_num(o, "cfg_interval", -1.0, 1e6, 0, &interval, e) ||
+            get_int(o, "top_k", 0, 1000000, &top_k, e) ||
+            get_num(o, "top_p", 0.0, 1.0, 1, &top_p, e) ||
+            get_num(o, "temperature", 0.0, 100.0, 1, &temp, e))
+            return -1;
+    } else {
+        json_t *size = json_object_get(o, "size");
+        if (size && !json_is_null(size)) {
+            char want[32];
+            snprintf(want, sizeof want, "%dx%d", lim->image_size, lim->image_size);
+            if (!json_is_string(size) || (strcmp(json_string_value(size), want) != 0 &&
+                                          strcmp(json_string_value(size), "auto") != 0))
+                return INVALID("size: this model makes %s images", want);
+        }
+        json_t *fmt = json_object_get(o, "response_format");
+        if (fmt && !json_is_null(fmt) &&
+            (!json_is_string(fmt) || strcmp(json_string_value(fmt), "b64_json") != 0))
+            return INVALID("response_format: only \"b64_json\" is supported");
+        json_t *of = json_object_get(o, "output_format");
+        if (of && !json_is_null(of) &&
+            (!json_is_string(of) || strcmp(json_string_value(of), "png") != 0))
+            return INVALID("output_format: only \"png\" is supported");
+        if (get_int(o, "partial_images", 0, 3, &partial, e)) return -1;
+    }
+    if (stream && !allow_stream) return INVALID("stream: not available on this endpoint");
+    s->n_images = (int)n;
+    s->params = (ts_gen_params){(float)cfg, (float)interval,
+                                {(float)temp, (int)top_k, (float)top_p}, (uint64_t)seed};
+    out->stream = stream;
+    out->partial_images = (int)partial;
+    if (kind == TS_API_OPENAI) {
+        /* Previews evenly spaced: partial_images of them before the end. */
+        s->preview_every = stream && partial ? lim->n_tokens / ((int)partial + 1) : 0;
+        if (s->preview_every < 1 && stream && partial) s->preview_every = 1;
+    } else {
+        s->preview_every = stream ? lim->preview_every : 0;
+    }
+    return 0;
+}
+
+int ts_api_parse(ts_api_kind kind, const char *body, size_t len, const ts_api_limits *lim,
+                 int allow_stream, uint64_t random_seed, ts_gen_request *out, ts_api_error *e)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!o) return ts_api_fail(e, 400, "bad_request", "body is not valid JSON: %s (line %d)",
+                               jerr.text, jerr.line);
+    int rc;
+    if (!json_is_object(o)) rc = ts_api_fail(e, 400, "bad_request", "body must be a JSON object");
+    else rc = parse_fields(kind, o, lim, allow_stream, random_seed, out, e);
+    json_decref(o);
+    return rc;
+}

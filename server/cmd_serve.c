@@ -1,0 +1,317 @@
+/* cmd_serve.c - `tessera serve`: flags, start-up and shutdown of the HTTP server.
+ *
+ * Start-up order: listen first (so /health answers 503 while the model loads), then
+ * start the engine worker, which loads the model on its own thread. SIGTERM/SIGINT:
+ * /health and new work get 503 at once, running and queued jobs finish, and the
+ * process exits 0 once their answers are out (a second signal exits at once).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "server.h"
+
+double server_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: tessera serve --model DIR [options]\n"
+        "\n"
+        "Serves the model over HTTP (API: docs/api.md; web page at /).\n"
+        "\n"
+        "  --model DIR          model folder holding config.json (required)\n"
+        "  --host ADDR          address to listen on (default 127.0.0.1)\n"
+        "  --port N             port (default 8080)\n"
+        "  --max-batch N        images (CFG pairs) decoded together per step (default 16)\n"
+        "  --kv-memory BYTES    KV cache size, suffixes K/M/G allowed (default: enough for\n"
+        "                       --max-batch images of the model)\n"
+        "  --queue-limit N      requests waiting beyond the batch before 429 (default 64)\n"
+        "  --api-key-file F     require `Authorization: Bearer KEY`, one key per line of F\n"
+        "  --preview-every N    streamed requests get a preview every N tokens (default 32;\n"
+        "                       0 = none)\n"
+        "  --threads N          engine threads (default: all cores)\n"
+        "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
+        "  --sse-ping SECONDS   keep-alive comment on idle streams (default 15)\n"
+        "  --max-connections N  concurrent HTTP connections (default 1024)\n");
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bytes(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-') return -1;
+    unsigned long long mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1ull << 10, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1ull << 20, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1ull << 30, end++;
+    if (*end == 'i' || *end == 'B') end++;
+    if (*end == 'B') end++;
+    if (*end || v == 0 || v > (1ull << 50) / mul) return -1;
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+static int load_keys(server *s, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "tessera serve: --api-key-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ')) line[--n] = 0;
+        if (n == 0 || line[0] == '#') continue;
+        char **k = realloc(s->api_keys, (size_t)(s->n_api_keys + 1) * sizeof *k);
+        if (!k || !(k[s->n_api_keys] = strdup(line))) {
+            if (k) s->api_keys = k;
+            break;
+        }
+        s->api_keys = k;
+        s->n_api_keys++;
+    }
+    free(line);
+    fclose(f);
+    if (!s->n_api_keys) {
+        fprintf(stderr, "tessera serve: --api-key-file %s holds no key\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ loop callbacks */
+
+static void maybe_stop(server *s);
+static void close_all(server *s);
+
+static void on_wake(uv_async_t *a)
+{
+    server *s = a->data;
+    ts_worker_state st = ts_worker_get_state(s->worker);
+    if (st == TS_WORKER_READY && s->limits.n_tokens == 0) {
+        const ts_model_info *i = ts_worker_info(s->worker);
+        ts_error err = {0};
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/classes.txt", s->opt.model_dir);
+        if (ts_classes_load(path, i->num_classes, &s->classes, &err))
+            fprintf(stderr, "tessera serve: %s; prompts must be class ids\n", err.msg);
+        s->limits = (ts_api_limits){i->num_classes, i->vocab_size, i->image_size, i->n_tokens,
+                                    s->opt.max_batch < TS_API_MAX_N ? s->opt.max_batch : TS_API_MAX_N,
+                                    s->opt.preview_every, &s->classes};
+        fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV blocks "
+                        "(%.1f MiB, %d per image), batch %d, %d class names\n",
+                i->name, i->image_size, i->image_size, i->n_tokens, i->kv_blocks,
+                (double)i->kv_bytes / (1 << 20), i->blocks_per_image, s->opt.max_batch,
+                s->classes.n);
+    } else if (st == TS_WORKER_FAILED && !s->stopping) {
+        /* Exit non-zero so a supervisor (Kubernetes, systemd) sees the failure. */
+        fprintf(stderr, "tessera serve: the model failed to load: %s\n", ts_worker_error(s->worker));
+        close_all(s);
+        return;
+    }
+    jobs_on_events(s, ts_worker_take_events(s->worker));
+    http_kick(s);
+    maybe_stop(s);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    server *s = t->data;
+    http_check_disconnects(s);
+    double now = server_now();
+    for (job *j = s->jobs; j; j = j->next) {
+        conn *c = j->conn;
+        if (c && j->kind == JOB_STREAM && !c->sse_closed && now - c->last_write >= s->opt.sse_ping) {
+            sse_comment(c, "keep-alive");
+            c->last_write = now;
+        }
+    }
+    jobs_expire(s);
+    http_kick(s);
+    maybe_stop(s);
+}
+
+static void close_all(server *s);
+
+/* Exits the loop once draining is over: the worker has stopped and every waiting
+ * connection has had its answer (or the grace period ran out). */
+static void maybe_stop(server *s)
+{
+    if (!s->draining || s->stopping) return;
+    ts_worker_state st = ts_worker_get_state(s->worker);
+    if (st == TS_WORKER_LOADING) return;
+    int waiting = 0;
+    for (job *j = s->jobs; j; j = j->next) waiting += j->conn != NULL;
+    if (st == TS_WORKER_READY) return;   /* still finishing work */
+    if (waiting && server_now() - s->drain_started < 600) return;
+    close_all(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server *s = h->data;
+    if (s->draining) {
+        fprintf(stderr, "tessera serve: second signal, exiting now\n");
+        exit(1);
+    }
+    fprintf(stderr, "tessera serve: %s: draining (no new work; finishing %d queued and running)\n",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT", s->n_queued);
+    s->draining = 1;
+    s->drain_started = server_now();
+    ts_worker_drain(s->worker);
+    maybe_stop(s);
+}
+
+static void close_all(server *s)
+{
+    s->stopping = 1;
+    http_stop(s);
+    uv_close((uv_handle_t *)&s->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&s->mhd_timer, NULL);
+    uv_close((uv_handle_t *)&s->tick, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->wake, NULL);
+}
+
+static void notify(void *ctx)
+{
+    uv_async_send(ctx);   /* thread-safe; coalesces */
+}
+
+/* ------------------------------------------------------------------ main */
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_options o = {NULL, "127.0.0.1", 8080, 16, 0, 64, NULL, 32, 0, 600, 15, 1024};
+    enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
+           O_TTL, O_PING, O_CONNS, O_HELP };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
+        {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
+        {"kv-memory", required_argument, 0, O_KV}, {"queue-limit", required_argument, 0, O_QUEUE},
+        {"api-key-file", required_argument, 0, O_KEYS},
+        {"preview-every", required_argument, 0, O_PREVIEW},
+        {"threads", required_argument, 0, O_THREADS}, {"job-ttl", required_argument, 0, O_TTL},
+        {"sse-ping", required_argument, 0, O_PING},
+        {"max-connections", required_argument, 0, O_CONNS}, {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0}};
+    long v;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        const char *bad = NULL;
+        switch (c) {
+        case O_MODEL: o.model_dir = optarg; break;
+        case O_HOST: o.host = optarg; break;
+        case O_PORT: if (parse_long(optarg, 0, 65535, &v)) bad = "--port"; else o.port = (int)v; break;
+        case O_BATCH: if (parse_long(optarg, 1, 1024, &v)) bad = "--max-batch"; else o.max_batch = (int)v; break;
+        case O_KV: if (parse_bytes(optarg, &o.kv_memory)) bad = "--kv-memory"; break;
+        case O_QUEUE: if (parse_long(optarg, 0, 1000000, &v)) bad = "--queue-limit"; else o.queue_limit = (int)v; break;
+        case O_KEYS: o.api_key_file = optarg; break;
+        case O_PREVIEW: if (parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
+        case O_THREADS: if (parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
+        case O_TTL: if (parse_long(optarg, 1, 86400 * 7, &v)) bad = "--job-ttl"; else o.job_ttl = (int)v; break;
+        case O_PING: if (parse_long(optarg, 1, 3600, &v)) bad = "--sse-ping"; else o.sse_ping = (int)v; break;
+        case O_CONNS: if (parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
+        case O_HELP: usage(stdout); return 0;
+        default:
+            fprintf(stderr, "tessera serve: unknown or incomplete option '%s'\n\n", argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "tessera serve: bad value for %s: '%s'\n", bad, optarg);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tessera serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!o.model_dir) {
+        fprintf(stderr, "tessera serve: --model DIR is required\n\n");
+        usage(stderr);
+        return 2;
+    }
+
+    static server s;   /* static: handles and MHD keep pointers into it */
+    memset(&s, 0, sizeof s);
+    s.opt = o;
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    if (o.api_key_file && load_keys(&s, o.api_key_file)) return 2;
+    s.loop = uv_default_loop();
+    uv_async_init(s.loop, &s.wake, on_wake);
+    s.wake.data = &s;
+    uv_timer_init(s.loop, &s.tick);
+    s.tick.data = &s;
+    uv_timer_start(&s.tick, on_tick, 250, 250);
+    uv_signal_init(s.loop, &s.sigterm);
+    uv_signal_init(s.loop, &s.sigint);
+    s.sigterm.data = s.sigint.data = &s;
+    uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s.sigint, on_signal, SIGINT);
+    signal(SIGPIPE, SIG_IGN);
+
+    ts_error err = {0};
+    int status = 1;
+    if (http_start(&s, &err)) {
+        fprintf(stderr, "tessera serve: %s\n", err.msg);
+        goto out;
+    }
+    fprintf(stderr, "tessera serve: listening on http://%s:%d/ (loading %s)\n", o.host, o.port,
+            o.model_dir);
+    ts_worker_config wc = {o.model_dir, o.threads, o.kv_memory,
+                           {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
+    if (ts_worker_start(&wc, notify, &s.wake, &s.worker, &err)) {
+        fprintf(stderr, "tessera serve: %s\n", err.msg);
+        http_stop(&s);
+        goto out;
+    }
+    uv_run(s.loop, UV_RUN_DEFAULT);
+    status = ts_worker_get_state(s.worker) == TS_WORKER_FAILED ? 1 : 0;
+    fprintf(stderr, "tessera serve: stopped\n");
+out:
+    if (s.worker) ts_worker_free(s.worker);
+    while (s.jobs) jobs_forget(&s, s.jobs);
+    ts_classes_free(&s.classes);
+    for (int i = 0; i < s.n_api_keys; i++) free(s.api_keys[i]);
+    free(s.api_keys);
+    if (!s.stopping) {
+        uv_close((uv_handle_t *)&s.tick, NULL);
+        uv_close((uv_handle_t *)&s.sigterm, NULL);
+        uv_close((uv_handle_t *)&s.sigint, NULL);
+        uv_close((uv_handle_t *)&s.wake, NULL);
+        if (s.mhd_timer.loop) uv_close((uv_handle_t *)&s.mhd_timer, NULL);
+        if (s.mhd_poll.loop) uv_close((uv_handle_t *)&s.mhd_poll, NULL);
+    }
+    uv_run(s.loop, UV_RUN_DEFAULT);
+    uv_loop_close(s.loop);
+    return status;
+}
