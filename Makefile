@@ -82,6 +82,7 @@ test-c: $(TEST_BIN) $(BUILD)/tessera
 test-python: $(BUILD)/tessera
 	$(PYTHON) tests/test_cli.py $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
+	$(PYTHON) tests/test_server.py $(BUILD)/tessera
 
 # A sample image from a small RANDOM-WEIGHT model (until a trained default model ships).
 run: $(BUILD)/tessera

@@ -1,0 +1,595 @@
+#!/usr/bin/python3
+"""Black-box tests of `tessera serve`: the real binary on loopback, real HTTP.
+
+    /usr/bin/python3 tests/test_server.py path/to/build/tessera
+
+Two random-weight models: the committed tiny fixture (16 tokens per image, fast) and a
+"slow" one made here with tools/ (256 tokens per image), so that requests are still
+running when a test disconnects, cancels, fills the queue or sends SIGTERM.
+Checks every endpoint and error of docs/api.md, SSE event order, batching (N
+concurrent requests take far fewer forward passes than N alone), that the same seed
+gives the same PNG bytes as the CLI alone or batched, disconnects freeing KV blocks,
+429 on a full queue, the API key, the loading state and the SIGTERM drain.
+Exits nonzero on any failure.
+"""
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "fixtures", "llamagen_tiny")
+PY = os.environ.get("PYTHON", "/usr/bin/python3")
+WORK = tempfile.mkdtemp(prefix="tessera_test_server_")
+BIN = None
+SLOW = os.path.join(WORK, "slow-model")
+TINY_TOKENS = 16
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A `tessera serve` process; stop() checks it exits 0 after SIGTERM."""
+
+    def __init__(self, model=TINY, *args, env=None, wait=True):
+        self.port = free_port()
+        self.log = open(os.path.join(WORK, "server-%d.log" % self.port), "w+")
+        e = dict(os.environ)
+        e.update(env or {})
+        self.proc = subprocess.Popen([BIN, "serve", "--model", model, "--port", str(self.port),
+                                      "--threads", "2"] + [str(a) for a in args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, "server exited: " + self.output()
+            time.sleep(0.05)
+        raise AssertionError("server not ready: " + self.output())
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def request(self, method, path, body=None, headers=None, timeout=120):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        hdrs = {k.lower(): v for k, v in r.getheaders()}
+        c.close()
+        return r.status, hdrs, data
+
+    def json(self, method, path, body=None, headers=None):
+        status, hdrs, data = self.request(method, path, body, headers)
+        return status, hdrs, json.loads(data) if data else None
+
+    def metrics(self):
+        status, _, data = self.request("GET", "/metrics")
+        assert status == 200
+        out = {}
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self, expect_code=0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("server did not exit after SIGTERM: " + self.output())
+        assert code == expect_code, "server exit %s: %s" % (code, self.output()[-3000:])
+        out = self.output()
+        assert "ERROR: AddressSanitizer" not in out and "runtime error" not in out, out[-5000:]
+        self.log.close()
+
+
+def sse_events(resp):
+    """Yields (event, data) from a streaming http.client response."""
+    event, data = None, []
+    while True:
+        line = resp.readline()
+        if not line:
+            return
+        line = line.decode().rstrip("\r\n")
+        if line == "":
+            if event or data:
+                yield event, "\n".join(data)
+            event, data = None, []
+        elif line.startswith(":"):
+            yield ":", line[1:].strip()
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def open_stream(port, path, body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    return c, r
+
+
+def cli_png(model, cls, seed, n=1, **kw):
+    """PNG bytes of the CLI for the same request (image i of n)."""
+    out = os.path.join(WORK, "cli-%d-%d.png" % (cls, seed))
+    args = [BIN, "generate", "--model", model, "--class", str(cls), "--seed", str(seed),
+            "--n", str(n), "--out", out, "--quiet", "--threads", "2"]
+    for k, v in kw.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    subprocess.run(args, check=True)
+    if n == 1:
+        return [open(out, "rb").read()]
+    return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
+
+
+def error_of(status_hdrs_body):
+    status, _, body = status_hdrs_body
+    assert isinstance(body, dict) and "error" in body, body
+    return status, body["error"]["code"], body["error"]["message"]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_health_models_classes_page(srv):
+    status, _, body = srv.json("GET", "/health")
+    assert status == 200 and body == {"status": "ok"}
+    status, _, body = srv.json("GET", "/v1/models")
+    assert status == 200 and body["object"] == "list"
+    m = body["data"][0]
+    assert m["image_size"] == 16 and m["num_classes"] == 10 and m["tokens"] == TINY_TOKENS
+    status, _, body = srv.json("GET", "/v1/classes")
+    assert status == 200 and len(body["classes"]) == 10
+    assert body["classes"][1]["name"].startswith("goldfish")
+    status, hdrs, page = srv.request("GET", "/")
+    assert status == 200 and hdrs["content-type"].startswith("text/html"), (status, hdrs)
+    assert b"<html" in page.lower()
+
+
+def test_generate_png_same_as_cli(srv):
+    status, hdrs, png = srv.request("POST", "/generate", {"class": 3, "seed": 7})
+    assert status == 200 and hdrs["content-type"] == "image/png", (status, png[:200])
+    assert hdrs["x-seed"] == "7"
+    assert png == cli_png(TINY, 3, 7)[0], "server PNG differs from the CLI's"
+    # Sampling parameters travel through too.
+    body = {"class": 2, "seed": 11, "cfg": 2.5, "cfg_interval": 3, "top_k": 40, "top_p": 0.9,
+            "temperature": 0.8}
+    status, _, png = srv.request("POST", "/generate", body)
+    assert status == 200
+    assert png == cli_png(TINY, 2, 11, cfg=2.5, cfg_interval=3, top_k=40, top_p=0.9,
+                          temperature=0.8)[0]
+
+
+def test_generate_many_json_seeds(srv):
+    status, _, body = srv.json("POST", "/generate", {"prompt": "Goldfish", "seed": 5, "n": 3})
+    assert status == 200, body
+    assert body["class"] == 1 and len(body["images"]) == 3
+    want = cli_png(TINY, 1, 5, n=3)
+    for i, im in enumerate(body["images"]):
+        assert im["seed"] == 5 + i
+        assert base64.b64decode(im["png"]) == want[i]
+    # Image 2 alone from its own seed: same pixels (its text chunk says image 0).
+    status, _, body1 = srv.json("POST", "/generate", {"class": 1, "seed": 7},
+                                {"Accept": "application/json"})
+    assert status == 200 and len(body1["images"]) == 1
+    assert base64.b64decode(body1["images"][0]["png"]) == cli_png(TINY, 1, 7)[0]
+    # A synonym and a numeric prompt resolve too; seeds default to random.
+    s1 = srv.json("POST", "/generate", {"prompt": "  carassius   AURATUS "},
+                  {"Accept": "application/json"})
+    assert s1[0] == 200 and s1[2]["class"] == 1
+    s2 = srv.json("POST", "/generate", {"prompt": "4"}, {"Accept": "application/json"})
+    assert s2[0] == 200 and s2[2]["class"] == 4
+    assert s1[2]["images"][0]["seed"] != s2[2]["images"][0]["seed"]
+
+
+def test_concurrent_requests_batched_and_reproducible(srv):
+    before = srv.metrics()["tessera_forward_passes_total"]
+    n = 8
+    results = [None] * n
+    gate = threading.Barrier(n)
+
+    def client(i):
+        gate.wait()
+        results[i] = srv.request("POST", "/generate", {"class": i % 10, "seed": 100 + i})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    passes = srv.metrics()["tessera_forward_passes_total"] - before
+    for i, (status, _, png) in enumerate(results):
+        assert status == 200, (i, status, png[:200])
+        assert png == cli_png(TINY, i % 10, 100 + i)[0], "request %d differs when batched" % i
+    # One at a time would take n * 16 forwards.
+    assert passes < n * TINY_TOKENS / 2, "no batching: %d forwards for %d requests" % (passes, n)
+    m = srv.metrics()
+    assert m['tessera_batch_images_bucket{le="1"}'] < m["tessera_batch_images_count"]
+
+
+def test_sse_event_order(srv):
+    c, r = open_stream(srv.port, "/generate", {"class": 4, "seed": 9, "n": 2, "stream": True})
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    events = list(sse_events(r))
+    c.close()
+    names = [e for e, _ in events if e != ":"]
+    assert names[0] in ("queued", "started"), names
+    assert "started" in names and names[-1] == "done", names
+    steps = [json.loads(d)["step"] for e, d in events if e == "progress"]
+    assert steps == list(range(1, TINY_TOKENS + 1)), steps
+    previews = [json.loads(d) for e, d in events if e == "preview"]
+    # --preview-every 4: steps 4, 8, 12 for each of 2 images, before done.
+    assert sorted((p["step"], p["image"]) for p in previews) == \
+        [(s, i) for s in (4, 8, 12) for i in (0, 1)], previews
+    first_preview = names.index("preview")
+    assert names.index("started") < first_preview < names.index("done")
+    for p in previews:
+        assert base64.b64decode(p["png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    done = json.loads(events[-1][1])
+    want = cli_png(TINY, 4, 9, n=2)
+    assert [base64.b64decode(im["png"]) for im in done["images"]] == want
+    # Accept: text/event-stream chooses SSE too.
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    c.request("POST", "/generate", body=json.dumps({"class": 1}),
+              headers={"Accept": "text/event-stream"})
+    r = c.getresponse()
+    assert r.getheader("Content-Type") == "text/event-stream"
+    assert [e for e, _ in sse_events(r) if e != ":"][-1] == "done"
+    c.close()
+
+
+def test_errors(srv):
+    big = "x" * (70 * 1024)
+    cases = [
+        (srv.json("POST", "/generate", "{not json"), 400, "bad_request", "JSON"),
+        (srv.json("POST", "/generate", "[1, 2]"), 400, "bad_request", "object"),
+        (srv.json("GET", "/nope"), 404, "not_found", "/nope"),
+        (srv.json("GET", "/v1/jobs/j123"), 404, "not_found", "j123"),
+        (srv.json("GET", "/generate"), 405, "method_not_allowed", "POST"),
+        (srv.json("POST", "/health"), 405, "method_not_allowed", "GET"),
+        (srv.json("POST", "/generate", '{"class": 1, "pad": "%s"}' % big), 413,
+         "payload_too_large", "bytes"),
+        (srv.json("POST", "/generate", {}), 422, "invalid_field", "class"),
+        (srv.json("POST", "/generate", {"class": 10}), 422, "invalid_field", "class"),
+        (srv.json("POST", "/generate", {"class": "3"}), 422, "invalid_field", "class"),
+        (srv.json("POST", "/generate", {"class": 1, "prompt": "hen"}), 422, "invalid_field", "class"),
+        (srv.json("POST", "/generate", {"prompt": "zebra"}), 422, "invalid_field", "prompt"),
+        (srv.json("POST", "/generate", {"class": 1, "n": 0}), 422, "invalid_field", "n"),
+        (srv.json("POST", "/generate", {"class": 1, "n": 99}), 422, "invalid_field", "n"),
+        (srv.json("POST", "/generate", {"class": 1, "seed": -1}), 422, "invalid_field", "seed"),
+        (srv.json("POST", "/generate", {"class": 1, "cfg": "x"}), 422, "invalid_field", "cfg"),
+        (srv.json("POST", "/generate", {"class": 1, "top_p": 0}), 422, "invalid_field", "top_p"),
+        (srv.json("POST", "/generate", {"class": 1, "temperature": 0}), 422, "invalid_field",
+         "temperature"),
+        (srv.json("POST", "/generate", {"class": 1, "top_k": 1.5}), 422, "invalid_field", "top_k"),
+        (srv.json("POST", "/generate", {"class": 1, "stream": "yes"}), 422, "invalid_field",
+         "stream"),
+        (srv.json("POST", "/generate", {"class": 1, "colour": 1}), 422, "invalid_field", "colour"),
+        (srv.json("POST", "/generate", '{"class": 1, "class": 2}'), 400, "bad_request", "JSON"),
+        (srv.json("POST", "/generate", {"prompt": "p" * 1001}), 422, "invalid_field", "prompt"),
+        (srv.json("POST", "/v1/jobs", {"class": 1, "stream": True}), 422, "invalid_field",
+         "stream"),
+        (srv.json("POST", "/v1/images/generations", {"prompt": "hen", "size": "512x512"}), 422,
+         "invalid_field", "size"),
+        (srv.json("POST", "/v1/images/generations", {"prompt": "hen", "response_format": "url"}),
+         422, "invalid_field", "response_format"),
+    ]
+    for i, (res, status, code, needle) in enumerate(cases):
+        got = error_of(res)
+        assert got[0] == status and got[1] == code, (i, got)
+        assert needle.lower() in got[2].lower(), (i, got)
+    # Headers too large: MHD answers before our handler; the server survives it.
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n")
+    reply = s.recv(100)
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 4"), reply
+    assert srv.request("GET", "/health")[0] == 200
+    m = srv.metrics()
+    assert m['tessera_http_responses_total{code="422"}'] >= 17
+
+
+def test_openai_images_api(srv):
+    status, _, body = srv.json("POST", "/v1/images/generations",
+                               {"prompt": "tench", "n": 2, "size": "16x16", "seed": 3,
+                                "response_format": "b64_json", "model": "whatever"})
+    assert status == 200, body
+    assert isinstance(body["created"], int) and len(body["data"]) == 2
+    want = cli_png(TINY, 0, 3, n=2)
+    assert [base64.b64decode(d["b64_json"]) for d in body["data"]] == want
+    assert [d["seed"] for d in body["data"]] == [3, 4]
+    c, r = open_stream(srv.port, "/v1/images/generations",
+                       {"prompt": "tench", "stream": True, "partial_images": 2, "seed": 3})
+    events = [(e, json.loads(d)) for e, d in sse_events(r) if e != ":"]
+    c.close()
+    kinds = [e for e, _ in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    assert [d["partial_image_index"] for _, d in events[:2]] == [0, 1]
+    assert all(d["type"] == e for e, d in events)
+    assert base64.b64decode(events[-1][1]["b64_json"]) == want[0]
+    assert events[-1][1]["usage"]["output_tokens"] == TINY_TOKENS
+
+
+def test_jobs_api(srv):
+    status, _, body = srv.json("POST", "/v1/jobs", {"class": 6, "seed": 21, "n": 2})
+    assert status == 202 and body["state"] == "queued", body
+    jid = body["id"]
+    end = time.time() + 60
+    while True:
+        status, _, job = srv.json("GET", "/v1/jobs/" + jid)
+        assert status == 200
+        if job["state"] == "completed":
+            break
+        assert job["state"] in ("queued", "running"), job
+        assert time.time() < end
+        time.sleep(0.05)
+    assert job["progress"] == {"step": TINY_TOKENS, "total": TINY_TOKENS}
+    got = [base64.b64decode(im["png"]) for im in job["result"]["images"]]
+    assert got == cli_png(TINY, 6, 21, n=2)
+    status, _, gone = srv.json("DELETE", "/v1/jobs/" + jid)
+    assert status == 200 and gone["state"] == "completed"
+    assert srv.json("GET", "/v1/jobs/" + jid)[0] == 404
+    assert srv.json("PUT", "/v1/jobs/" + jid)[0] == 405
+
+
+def test_jobs_expire():
+    srv = Server(TINY, "--job-ttl", "1")
+    try:
+        status, _, body = srv.json("POST", "/v1/jobs", {"class": 1})
+        assert status == 202
+        time.sleep(0.5)
+        assert srv.json("GET", "/v1/jobs/" + body["id"])[2]["state"] == "completed"
+        time.sleep(1.5)
+        assert srv.json("GET", "/v1/jobs/" + body["id"])[0] == 404
+    finally:
+        srv.stop()
+
+
+def wait_metric(srv, name, want, timeout=30):
+    end = time.time() + timeout
+    while True:
+        got = srv.metrics().get(name)
+        if got == want:
+            return
+        assert time.time() < end, "%s = %s, wanted %s" % (name, got, want)
+        time.sleep(0.05)
+
+
+def test_disconnect_cancels_and_frees_blocks(slow):
+    # A streaming request, dropped after its first progress event.
+    s = socket.create_connection(("127.0.0.1", slow.port))
+    body = json.dumps({"class": 1, "n": 2, "stream": True}).encode()
+    s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    seen = b""
+    while b"event: progress" not in seen:
+        chunk = s.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    assert slow.metrics()["tessera_kv_blocks_used"] > 1
+    s.close()
+    wait_metric(slow, "tessera_kv_blocks_used", 1)          # only the shared null prefix
+    wait_metric(slow, "tessera_running_groups", 0)
+    assert slow.metrics()["tessera_requests_cancelled_total"] >= 1
+    # A plain (non-streaming) request abandoned while it waits.
+    before = slow.metrics()["tessera_requests_cancelled_total"]
+    s = socket.create_connection(("127.0.0.1", slow.port))
+    body = json.dumps({"class": 2}).encode()
+    s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(body), body))
+    end = time.time() + 30
+    while slow.metrics()["tessera_kv_blocks_used"] <= 1:
+        assert time.time() < end
+        time.sleep(0.01)
+    s.close()
+    wait_metric(slow, "tessera_kv_blocks_used", 1)
+    wait_metric(slow, "tessera_requests_cancelled_total", before + 1)
+    # The server still works.
+    assert slow.request("POST", "/generate", {"class": 1, "seed": 1})[0] == 200
+
+
+def test_cancel_job(slow):
+    status, _, body = slow.json("POST", "/v1/jobs", {"class": 3, "n": 2})
+    assert status == 202
+    jid = body["id"]
+    end = time.time() + 30
+    while slow.json("GET", "/v1/jobs/" + jid)[2]["state"] == "queued":
+        assert time.time() < end
+        time.sleep(0.01)
+    status, _, body = slow.json("DELETE", "/v1/jobs/" + jid)
+    assert status == 200 and body["state"] in ("cancelling", "completed"), body
+    end = time.time() + 30
+    while slow.json("GET", "/v1/jobs/" + jid)[2]["state"] != "cancelled":
+        assert time.time() < end
+        time.sleep(0.02)
+    wait_metric(slow, "tessera_kv_blocks_used", 1)
+
+
+def test_queue_full_429_and_keepalive():
+    srv = Server(SLOW, "--max-batch", "1", "--queue-limit", "1", "--sse-ping", "1")
+    try:
+        first = threading.Thread(target=srv.request, args=("POST", "/generate", {"class": 1}))
+        first.start()
+        end = time.time() + 30
+        while srv.metrics()["tessera_running_groups"] < 1:
+            assert time.time() < end
+            time.sleep(0.01)
+        # The second waits (a stream, to watch for keep-alives); the third is refused.
+        c, r = open_stream(srv.port, "/generate", {"class": 2, "stream": True})
+        end = time.time() + 30
+        while srv.metrics()["tessera_queue_depth"] < 1:
+            assert time.time() < end
+            time.sleep(0.01)
+        status, hdrs, body = srv.json("POST", "/generate", {"class": 3})
+        assert status == 429 and body["error"]["code"] == "queue_full", (status, body)
+        assert int(hdrs["retry-after"]) >= 1
+        kinds = []
+        for e, d in sse_events(r):
+            kinds.append(e)
+            if e == "done":
+                break
+        c.close()
+        first.join()
+        assert kinds[0] == "queued" and json.loads("{}") == {}
+        assert ":" in kinds[:kinds.index("started")], "no keep-alive while queued: %s" % kinds[:8]
+    finally:
+        srv.stop()
+
+
+def test_api_key():
+    keys = os.path.join(WORK, "keys.txt")
+    with open(keys, "w") as f:
+        f.write("# comment\nsecret-one\nsecret-two\n")
+    srv = Server(TINY, "--api-key-file", keys)
+    try:
+        assert error_of(srv.json("POST", "/generate", {"class": 1}))[:2] == (401, "unauthorized")
+        bad = {"Authorization": "Bearer nope"}
+        assert srv.json("GET", "/v1/models", headers=bad)[0] == 401
+        ok = {"Authorization": "Bearer secret-two"}
+        assert srv.request("POST", "/generate", {"class": 1}, ok)[0] == 200
+        assert srv.request("GET", "/health")[0] == 200    # probes need no key
+        assert srv.request("GET", "/metrics")[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_loading_then_ready():
+    srv = Server(TINY, env={"TESSERA_TEST_LOAD_DELAY_MS": "1500"}, wait=False)
+    try:
+        end = time.time() + 10
+        while True:
+            try:
+                res = srv.json("GET", "/health")
+                break
+            except OSError:
+                assert time.time() < end
+                time.sleep(0.02)
+        assert error_of(res)[:2] == (503, "loading"), res
+        assert error_of(srv.json("POST", "/generate", {"class": 1}))[:2] == (503, "loading")
+        assert srv.metrics()["tessera_ready"] == 0
+        srv.wait_ready()
+        assert srv.request("POST", "/generate", {"class": 1})[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_load_failure_exits_nonzero():
+    bad = os.path.join(WORK, "bad-model")
+    os.makedirs(bad, exist_ok=True)
+    with open(os.path.join(bad, "config.json"), "w") as f:
+        f.write("{}")
+    srv = Server(bad, wait=False)
+    code = srv.proc.wait(timeout=30)
+    assert code != 0 and "tessera_format" in srv.output(), srv.output()
+
+
+def test_sigterm_drains():
+    srv = Server(SLOW, "--max-batch", "2")
+    results = []
+
+    def client(i):
+        results.append(srv.request("POST", "/generate", {"class": i, "seed": i}))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    end = time.time() + 30
+    while srv.metrics()["tessera_running_groups"] < 2 or srv.metrics()["tessera_queue_depth"] < 1:
+        assert time.time() < end
+        time.sleep(0.01)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert error_of(srv.json("GET", "/health"))[:2] == (503, "draining")
+    assert error_of(srv.json("POST", "/generate", {"class": 1}))[:2] == (503, "draining")
+    for t in threads:
+        t.join()
+    assert sorted(r[0] for r in results) == [200, 200, 200], [r[:2] for r in results]
+    for status, hdrs, png in results:
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    srv.stop()   # exit code 0
+
+
+def make_slow_model():
+    """256 tokens per image (16x16 grid), still small: ~1 s per image on two cores."""
+    tmp = os.path.join(WORK, "ckpt")
+    subprocess.run([PY, os.path.join(ROOT, "tools", "make_random_checkpoints.py"), "--out", tmp,
+                    "--image-size", "256", "--seed", "1", "--dim", "128", "--n-layer", "4",
+                    "--n-head", "4", "--vocab", "512", "--codebook-size", "512",
+                    "--num-classes", "10", "--ch", "32", "--ch-mult", "1,1,1,1,1",
+                    "--z-channels", "32", "--num-res-blocks", "0"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PY, os.path.join(ROOT, "tools", "convert.py"), "llamagen", "--gpt",
+                    os.path.join(tmp, "gpt.pt"), "--vq", os.path.join(tmp, "vq.pt"),
+                    "--image-size", "256", "--out", SLOW, "--n-head", "4"],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def main():
+    global BIN
+    if len(sys.argv) != 2:
+        print("usage: test_server.py path/to/tessera", file=sys.stderr)
+        return 2
+    BIN = os.path.abspath(sys.argv[1])
+    make_slow_model()
+    shared = Server(TINY, "--preview-every", "4")
+    slow = Server(SLOW, "--max-batch", "4")
+    tests = [(k, v) for k, v in globals().items() if k.startswith("test_")]
+    failed = 0
+    try:
+        for name, fn in tests:
+            args = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+            t0 = time.time()
+            try:
+                fn(*[{"srv": shared, "slow": slow}[a] for a in args])
+                print("ok   %s (%.1f s)" % (name, time.time() - t0))
+            except Exception as e:  # report every failure, then fail the run
+                failed += 1
+                import traceback
+                traceback.print_exc()
+                print("FAIL %s: %s" % (name, e))
+        shared.stop()
+        slow.stop()
+    finally:
+        for s in (shared, slow):
+            if s.proc.poll() is None:
+                s.proc.kill()
+        if not failed:
+            shutil.rmtree(WORK, ignore_errors=True)
+    print("%d of %d server tests failed" % (failed, len(tests)) if failed else
+          "all %d server tests passed" % len(tests))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
