@@ -60,11 +60,13 @@ static void *make_weight(const float *w, size_t n, ts_dtype t, float *rounded)
 START_TEST(test_matmul)
 {
     const ts_dtype types[] = {TS_F32, TS_F16, TS_BF16};
-    const int ms[] = {1, 2, 7, 9, 33};
+    /* Both sides of each tile size and of the sgemm threshold (64). */
+    const int ms[] = {1, 2, 3, 5, 7, 8, 9, 17, 33, 64, 65, 100};
+    const size_t n_ms = sizeof ms / sizeof ms[0];
     const int shapes[][2] = {{37, 13}, {64, 96}, {300, 257}};
     for (size_t ti = 0; ti < 3; ti++)
         for (size_t si = 0; si < 3; si++)
-            for (size_t mi = 0; mi < 5; mi++) {
+            for (size_t mi = 0; mi < n_ms; mi++) {
                 int n_out = shapes[si][0], n_in = shapes[si][1], m = ms[mi];
                 float *w = rand_buf((size_t)n_out * n_in, 0.5f), *wr = malloc((size_t)n_out * n_in * 4);
                 void *wd = make_weight(w, (size_t)n_out * n_in, types[ti], wr);
@@ -90,6 +92,77 @@ START_TEST(test_matmul)
                 ts_be_weight_release(be, &wt);
                 free(w); free(wr); free(wd); free(x); free(bias); free(out); free(ref);
             }
+}
+END_TEST
+
+/* Batch invariance: up to 64 rows, a row's matmul output must be bitwise the same
+ * whether it runs alone or batched with any others, at any position (continuous
+ * batching: the same seed must give the same image whatever else is being served). */
+START_TEST(test_matmul_batch_invariant)
+{
+    enum { M = 64 };
+    const ts_dtype types[] = {TS_F32, TS_F16, TS_BF16};
+    const int n_ins[] = {100, 67, 768, 5};
+    const int n_outs[] = {37, 64, 19, 9};
+    const int chunks[] = {3, 7, 13, 41};
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t si = 0; si < 4; si++) {
+            int n_in = n_ins[si], n_out = n_outs[si];
+            size_t nw = (size_t)n_out * n_in, no = (size_t)M * n_out;
+            float *w = rand_buf(nw, 0.5f), *wr = malloc(nw * 4);
+            void *wd = make_weight(w, nw, types[ti], wr);
+            float *x = rand_buf((size_t)M * n_in, 1.0f), *bias = rand_buf((size_t)n_out, 1.0f);
+            float *all = malloc(no * 4), *part = malloc(no * 4);
+            double *ref = malloc(no * 8);
+            ts_wt wt;
+            ts_error err = {0};
+            ts_ck_ok(ts_be_weight_init(be, &wt, wd, types[ti], n_out, n_in, &err), err);
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                const float *b = with_bias ? bias : NULL;
+                for (int i = 0; i < M; i++)
+                    for (int r = 0; r < n_out; r++) {
+                        double s = with_bias ? bias[r] : 0;
+                        for (int k = 0; k < n_in; k++) s += (double)x[i * n_in + k] * wr[(size_t)r * n_in + k];
+                        ref[(size_t)i * n_out + r] = s;
+                    }
+                memset(all, 0xff, no * 4);
+                ts_be_matmul(be, all, x, &wt, b, M);
+                double e = max_rel(all, ref, no);
+                ck_assert_msg(e < 1e-4, "matmul %s [%d,%d] bias=%d: rel err %g",
+                              ts_dtype_name(types[ti]), n_out, n_in, with_bias, e);
+                /* Each row alone, then fixed chunk sizes, then random ones (1..M). */
+                for (int pass = 0; pass < 9; pass++) {
+                    memset(part, 0xff, no * 4);
+                    for (int i = 0; i < M;) {
+                        int c = pass == 0 ? 1 : pass <= 4 ? chunks[pass - 1]
+                                                          : 1 + (int)((frand() + 1.0f) * 0.5f * M) % M;
+                        if (c > M - i) c = M - i;
+                        ts_be_matmul(be, part + (size_t)i * n_out, x + (size_t)i * n_in, &wt, b, c);
+                        i += c;
+                    }
+                    ck_assert_msg(memcmp(all, part, no * 4) == 0,
+                                  "matmul %s [%d,%d] bias=%d: batch of %d differs from %s",
+                                  ts_dtype_name(types[ti]), n_out, n_in, with_bias, M,
+                                  pass == 0 ? "rows alone" : "chunked rows");
+                }
+                /* Nor may the thread count (which splits the weight rows) matter. */
+                for (int nt = 1; nt <= 3; nt += 2) {
+                    ts_backend *be2 = ts_backend_cpu_create(nt, &err);
+                    ck_assert_msg(be2 != NULL, "%s", err.msg);
+                    ts_wt wt2;
+                    ts_ck_ok(ts_be_weight_init(be2, &wt2, wd, types[ti], n_out, n_in, &err), err);
+                    memset(part, 0xff, no * 4);
+                    ts_be_matmul(be2, part, x, &wt2, b, M);
+                    ck_assert_msg(memcmp(all, part, no * 4) == 0,
+                                  "matmul %s [%d,%d] bias=%d: %d threads differ from 2",
+                                  ts_dtype_name(types[ti]), n_out, n_in, with_bias, nt);
+                    ts_be_weight_release(be2, &wt2);
+                    ts_backend_free(be2);
+                }
+            }
+            ts_be_weight_release(be, &wt);
+            free(w); free(wr); free(wd); free(x); free(bias); free(all); free(part); free(ref);
+        }
 }
 END_TEST
 
@@ -349,6 +422,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_matmul);
+    tcase_add_test(tc, test_matmul_batch_invariant);
     tcase_add_test(tc, test_rmsnorm_swiglu_add);
     tcase_add_test(tc, test_rope_strided);
     tcase_add_test(tc, test_attention_paged);

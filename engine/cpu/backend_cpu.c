@@ -3,8 +3,9 @@
  * Parallelism comes from one thread pool (threadpool.c); OpenBLAS is pinned to one
  * thread and called from inside pool tasks, so the two never fight over the cores.
  * Weights stay in their file dtype (F32/F16/BF16) and are widened as they are read:
- *  - matrix-vector shaped products (few rows, the decode step) stream the weight once
- *    through a vectorised dot kernel: memory bandwidth is the limit there;
+ *  - products of up to INVARIANT_M rows (decode steps, batched or not) stream the
+ *    weight once through a vectorised dot kernel whose result for each row is bitwise
+ *    independent of the other rows in the batch (see dot_block);
  *  - larger products hand row panels to sgemm, widening non-F32 panels first.
  * Activations are float, accumulations float (double for norm statistics).
  */
@@ -27,8 +28,15 @@
 /* OpenBLAS extension: its own thread count. */
 void openblas_set_num_threads(int num_threads);
 
-/* Rows at or below this use the streaming dot kernel rather than sgemm. */
-#define SMALL_M 8
+/* Products of at most this many rows use the row-invariant dot kernel; larger ones
+ * (prefill, conv-like) use sgemm, whose rounding depends on m. Continuous batching
+ * runs a sequence's decode step with a varying number of others, so up to here a
+ * row's output must not depend on them: same seed, same image. */
+#define INVARIANT_M 64
+/* Register tile of the dot kernel: DOT_NR weight rows x DOT_NX x rows, one 8-lane
+ * accumulator each (12 of the 16 ymm registers). */
+#define DOT_NR 4
+#define DOT_NX 3
 /* Scratch floats per thread: widened weight panels and im2col columns. */
 #define SCRATCH_FLOATS (1u << 22)
 
@@ -138,65 +146,97 @@ static inline float load1(const void *p, ts_dtype t, int64_t i)
     return t == TS_F16 ? ts_f16_to_f32(h) : ts_bf16_to_f32(h);
 }
 
-/* One block of up to 4 weight rows against up to 2 x rows: out[i][r] = W[r] . x[i].
- * Eight independent accumulators hide the FMA latency; the weight block is re-read
- * from L1/L2 for each pair of x rows, so memory sees each weight once. Inlined per
- * dtype (and per block shape) so the loads and loops specialise. */
+/* One tile: DOT_NR weight rows (of which the first nr are real; the others alias row 0
+ * and their results are discarded, so every tile has a compile-time shape) against nx
+ * x rows (row stride n_in): acc[r][i] = W[r] . x[i].
+ *
+ * Batch invariance: every element is computed by the same sequence of operations
+ * whatever the tile, m, or the row's place in the batch - one 8-lane FMA accumulator
+ * over k = 0, 8, 16, ... (lane l sums k = l mod 8), hsum8, then the k % 8 tail in
+ * ascending k with fmaf (explicit, so -ffp-contract cannot change it), then + bias by
+ * the caller. Tiling only chooses which elements share loads: each weight vector is
+ * widened once and used for all nx x rows, and the DOT_NR * nx independent accumulators
+ * hide the FMA latency. Inlined per dtype and nx so the loops specialise and the
+ * accumulators stay in registers. */
 static inline __attribute__((always_inline)) void
 dot_block(const void *w, ts_dtype t, int64_t n_in, int nr, const float *x, int nx,
-          float acc[4][2])
+          float acc[DOT_NR][DOT_NX])
 {
     size_t es = ts_dtype_size(t);
-    const char *rows[4];
-    for (int r = 0; r < 4; r++) rows[r] = (const char *)w + (size_t)(r < nr ? r : 0) * n_in * es;
+    const char *rows[DOT_NR];
+    for (int r = 0; r < DOT_NR; r++)
+        rows[r] = (const char *)w + (size_t)(r < nr ? r : 0) * n_in * es;
     int64_t k = 0;
 #ifdef TS_HAVE_AVX2
-    /* The unroll pragmas keep all eight accumulators in registers. */
-    __m256 a[4][2];
+    __m256 a[DOT_NR][DOT_NX];
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (int r = 0; r < DOT_NR; r++)
+#pragma GCC unroll 4
+        for (int i = 0; i < DOT_NX; i++) a[r][i] = _mm256_setzero_ps();
     for (; k + 8 <= n_in; k += 8) {
-        __m256 x0 = _mm256_loadu_ps(x + k);
-        __m256 x1 = nx > 1 ? _mm256_loadu_ps(x + n_in + k) : x0;
+        __m256 xv[DOT_NX];
 #pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
+        for (int i = 0; i < nx; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * n_in + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < DOT_NR; r++) {
             __m256 wv = load8(rows[r], t, k);
-            a[r][0] = _mm256_fmadd_ps(wv, x0, a[r][0]);
-            if (nx > 1) a[r][1] = _mm256_fmadd_ps(wv, x1, a[r][1]);
+#pragma GCC unroll 4
+            for (int i = 0; i < nx; i++) a[r][i] = _mm256_fmadd_ps(wv, xv[i], a[r][i]);
         }
     }
-    for (int r = 0; r < nr; r++)
+    for (int r = 0; r < DOT_NR; r++)
         for (int i = 0; i < nx; i++) acc[r][i] = hsum8(a[r][i]);
-#else
-    for (int r = 0; r < nr; r++) acc[r][0] = acc[r][1] = 0.0f;
-#endif
     for (; k < n_in; k++)
-        for (int r = 0; r < nr; r++) {
+        for (int r = 0; r < DOT_NR; r++) {
+            float wv = load1(rows[r], t, k);
+            for (int i = 0; i < nx; i++) acc[r][i] = fmaf(wv, x[(size_t)i * n_in + k], acc[r][i]);
+        }
+#else
+    /* Scalar: one running sum per element over ascending k, the same in every tile. */
+    for (int r = 0; r < DOT_NR; r++)
+        for (int i = 0; i < nx; i++) acc[r][i] = 0.0f;
+    for (; k < n_in; k++)
+        for (int r = 0; r < DOT_NR; r++) {
             float wv = load1(rows[r], t, k);
             for (int i = 0; i < nx; i++) acc[r][i] += wv * x[(size_t)i * n_in + k];
         }
+#endif
 }
 
-/* out[i, r] for rows r in [r0, r1) and all i < m <= SMALL_M. */
+/* out[i, r] for weight rows r in [r0, r1) and all i < m <= INVARIANT_M. Each stripe of
+ * DOT_NR weight rows stays in L1 while every x-row tile passes over it, so memory sees
+ * each weight once per call. m = 1, 2 (one image's decode step, with CFG) is a single
+ * narrow tile per stripe: bandwidth-bound, as fast as a matrix-vector kernel. */
 static inline __attribute__((always_inline)) void
 dot_rows(float *out, const float *x, const void *w, ts_dtype t, int64_t n_in,
          int64_t n_out, const float *bias, int m, int64_t r0, int64_t r1)
 {
     size_t es = ts_dtype_size(t);
-    for (int64_t r = r0; r < r1; r += 4) {
-        int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+    for (int64_t r = r0; r < r1; r += DOT_NR) {
+        int nr = r1 - r < DOT_NR ? (int)(r1 - r) : DOT_NR;
         const void *wb = (const char *)w + (size_t)r * n_in * es;
-        for (int i = 0; i < m; i += 2) {
-            float acc[4][2];
-            int nx = m - i < 2 ? 1 : 2;
+        /* With several x tiles per stripe, prefetch the next stripe a slice per tile:
+         * otherwise the first tile of each stripe stalls on L3/DRAM (f32 weights
+         * especially, ~20% at m = 16..64). For fewer rows it measured no better. */
+        size_t pf_end = m >= 8 && r + 2 * DOT_NR <= r1 ? (size_t)DOT_NR * n_in * es : 0;
+        const char *next = pf_end ? (const char *)wb + pf_end : (const char *)wb;
+        size_t tiles = ((size_t)m + DOT_NX - 1) / DOT_NX, pf = 0;
+        size_t pf_step = ((pf_end + tiles - 1) / tiles + 63) & ~(size_t)63;
+        for (int i = 0; i < m;) {
+            float acc[DOT_NR][DOT_NX];
+            for (size_t e = pf + pf_step; pf < e && pf < pf_end; pf += 64)
+                __builtin_prefetch(next + pf, 0, 3);
+            /* Tiles of 3 rows; a leftover 4 goes as 2 + 2 rather than 3 + 1 (the 1-row
+             * tile is the least efficient). Results are the same for any split. */
+            int left = m - i, nx = left == 4 || left == 2 ? 2 : left == 1 ? 1 : 3;
             const float *xi = x + (size_t)i * n_in;
-            /* Constant block shapes let the compiler unroll the common cases fully. */
-            if (nr == 4 && nx == 2) dot_block(wb, t, n_in, 4, xi, 2, acc);
-            else if (nr == 4) dot_block(wb, t, n_in, 4, xi, 1, acc);
-            else dot_block(wb, t, n_in, nr, xi, nx, acc);
+            if (nx == 3) dot_block(wb, t, n_in, nr, xi, 3, acc);
+            else if (nx == 2) dot_block(wb, t, n_in, nr, xi, 2, acc);
+            else dot_block(wb, t, n_in, nr, xi, 1, acc);
             for (int rr = 0; rr < nr; rr++)
                 for (int ii = 0; ii < nx; ii++)
                     out[(size_t)(i + ii) * n_out + r + rr] = acc[rr][ii] + (bias ? bias[r + rr] : 0.0f);
+            i += nx;
         }
     }
 }
@@ -249,8 +289,9 @@ static void cpu_matmul(ts_backend *be, float *out, const float *x, const ts_wt *
     cpu_backend *c = cpu(be);
     matmul_job j = {out, x, w, bias, m, 0, c};
     int nt = be->n_threads;
-    if (m <= SMALL_M) {
-        /* Enough tasks to balance, each a contiguous stripe of rows. */
+    if (m <= INVARIANT_M) {
+        /* Enough tasks to balance, each a contiguous stripe of rows. Only which weight
+         * rows a task owns depends on the thread count, never how an element is summed. */
         j.rows_per_task = (w->n_out + 8 * nt - 1) / (8 * nt);
         if (j.rows_per_task < 16) j.rows_per_task = 16;
         int tasks = (int)((w->n_out + j.rows_per_task - 1) / j.rows_per_task);
