@@ -42,7 +42,7 @@ WEB_FILES  := $(sort $(wildcard web/*.html web/*.js web/*.css web/*.png web/*.sv
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-c test-python clean run format
+.PHONY: all test test-c test-python clean run sample format
 
 all: $(BUILD)/tessera
 
@@ -84,11 +84,20 @@ test-python: $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
 
-# A sample image from a small RANDOM-WEIGHT model (until a trained default model ships).
+# Serves a small RANDOM-WEIGHT demo model (until a trained default model ships) on
+# http://$(HOST):$(PORT)/ - the web page, the REST API and SSE previews.
+HOST ?= 127.0.0.1
+PORT ?= 8080
 run: $(BUILD)/tessera
 	PYTHON=$(PYTHON) tools/make_demo_model.sh $(BUILD)/demo-model
+	@echo "Serving build/demo-model: RANDOM weights, so expect colourful noise, not pictures."
+	@echo "Open http://$(HOST):$(PORT)/ (Ctrl-C drains and stops)."
+	./$(BUILD)/tessera serve --model $(BUILD)/demo-model --host $(HOST) --port $(PORT)
+
+# One PNG from the demo model with the CLI.
+sample: $(BUILD)/tessera
+	PYTHON=$(PYTHON) tools/make_demo_model.sh $(BUILD)/demo-model
 	./$(BUILD)/tessera generate --model $(BUILD)/demo-model --class 1 --seed 0 --out sample.png
-	@echo "sample.png comes from random weights: expect colourful noise, not a picture."
 
 format:
 	clang-format -i $(LIB_SRC) $(SERVER_SRC) $(TEST_SRC) $(wildcard engine/*.h engine/*/*.h api/*.h server/*.h tests/*.h)

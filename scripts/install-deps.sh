@@ -5,11 +5,14 @@ set -euo pipefail
 
 packages=(
     build-essential pkg-config      # gcc, make
-    libjansson-dev                  # config.json and (later) the HTTP API's JSON
+    libjansson-dev                  # config.json and the HTTP API's JSON
+    libmicrohttpd-dev libuv1-dev    # the HTTP server and its event loop
+    curl                            # health checks in scripts and the Dockerfile
     libpng-dev zlib1g-dev           # PNG output
     libopenblas-dev                 # BLAS for the CPU backend (pulls libopenblas0-pthread)
     check libsubunit-dev            # unit tests
     python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
+    python3-torchvision             # ImageNet class names for converted models
     time                            # /usr/bin/time for peak memory in bench/
 )
 

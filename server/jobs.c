@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/png_encode.h"
 #include "server/cli.h"
@@ -41,6 +42,7 @@ job *jobs_create(server *s, job_kind kind, ts_api_kind api, const ts_gen_request
     j->state = JOB_QUEUED;
     j->total = s->limits.n_tokens;
     j->created = server_now();
+    j->created_unix = (long long)time(NULL);
     j->next = s->jobs;
     s->jobs = j;
     s->n_queued++;
@@ -153,7 +155,7 @@ json_t *job_result_json(server *s, job *j)
     int openai = j->api == TS_API_OPENAI;
     json_t *imgs = ts_api_images_json(j->images, j->n_ready, openai);
     if (!imgs) return NULL;
-    if (openai) return json_pack("{s:I, s:o}", "created", (json_int_t)j->created, "data", imgs);
+    if (openai) return json_pack("{s:I, s:o}", "created", (json_int_t)j->created_unix, "data", imgs);
     return json_pack("{s:s, s:i, s:o}", "model", ts_worker_info(s->worker)->name, "class",
                      (int)j->req.spec.class_id, "images", imgs);
 }
@@ -203,7 +205,7 @@ static void on_preview(server *s, job *j, const ts_event *ev)
                        ts_api_dump(json_pack("{s:s, s:s, s:i, s:I, s:s, s:s, s:i, s:i}", "type",
                                              "image_generation.partial_image", "b64_json", b64,
                                              "partial_image_index", index, "created_at",
-                                             (json_int_t)j->created, "size", size,
+                                             (json_int_t)j->created_unix, "size", size,
                                              "output_format", "png", "image", ev->image, "step",
                                              ev->step)));
         j->partials_sent++;
@@ -232,7 +234,7 @@ static void on_image(server *s, job *j, const ts_event *ev)
                            ts_api_dump(json_pack(
                                "{s:s, s:s, s:I, s:s, s:s, s:i, s:I, s:{s:i, s:i, s:i}}", "type",
                                "image_generation.completed", "b64_json", b64, "created_at",
-                               (json_int_t)j->created, "size", size, "output_format", "png",
+                               (json_int_t)j->created_unix, "size", size, "output_format", "png",
                                "image", ev->image, "seed", (json_int_t)im->seed, "usage",
                                "input_tokens", 1, "output_tokens", ev->total, "total_tokens",
                                1 + ev->total)));

@@ -58,7 +58,8 @@ typedef struct job {
     char error_code[32];
     int error_status;
     char error_message[256];
-    double created, started, finished;
+    double created, started, finished;   /* monotonic seconds */
+    long long created_unix;              /* wall clock, for the OpenAI `created` */
     int first_preview_seen;
     struct conn *conn;           /* the connection waiting on it, or NULL */
     struct job *next;

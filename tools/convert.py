@@ -326,6 +326,29 @@ def _load(path):
 # ---------------------------------------------------------------------------------------
 
 
+def write_classes(path, num_classes, out):
+    """The class-name table the server resolves prompts with (line i names class i).
+
+    From --classes FILE when given; for a 1000-class (ImageNet) model, otherwise, from the
+    category list Debian's python3-torchvision carries; else none (ids only)."""
+    names = None
+    if path:
+        with open(path) as f:
+            names = [line.rstrip("\r\n") for line in f if line.strip()]
+        if len(names) != num_classes:
+            raise ConvertError("--classes %s has %d names, the model %d classes"
+                               % (path, len(names), num_classes))
+    elif num_classes == 1000:
+        try:
+            from torchvision.models._meta import _IMAGENET_CATEGORIES as names
+        except ImportError:
+            print("note: python3-torchvision is not installed, so no ImageNet class names "
+                  "(classes.txt); prompts must be class ids", file=sys.stderr)
+    if names:
+        with open(out, "w") as f:
+            f.write("".join(n + "\n" for n in names))
+
+
 def convert_llamagen(args):
     dtype = DTYPES[args.dtype]
     os.makedirs(args.out, exist_ok=True)
@@ -367,6 +390,7 @@ def convert_llamagen(args):
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
+    write_classes(args.classes, gpt_cfg["num_classes"], os.path.join(args.out, "classes.txt"))
     print("wrote %s: %s, %s, %s weights" % (args.out, config["name"],
           "with VQ" if vq_cfg else "GPT only", args.dtype))
 
@@ -380,6 +404,9 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    p.add_argument("--classes", metavar="FILE",
+                   help="class names, one per line (default for 1000 classes: ImageNet's, "
+                        "from python3-torchvision)")
     p.add_argument("--gpt-model", help="expected size (%s); inferred when absent"
                    % ", ".join(GPT_SIZES))
     p.add_argument("--n-head", type=int, help="head count for non-standard sizes")
