@@ -32,7 +32,7 @@ void openblas_set_num_threads(int num_threads);
  * (prefill, conv-like) use sgemm, whose rounding depends on m. Continuous batching
  * runs a sequence's decode step with a varying number of others, so up to here a
  * row's output must not depend on them: same seed, same image. */
-#define INVARIANT_M 64
+#define INVARIANT_M 256
 /* Register tile of the dot kernel: DOT_NR weight rows x DOT_NX x rows, one 8-lane
  * accumulator each (12 of the 16 ymm registers). */
 #define DOT_NR 4
