@@ -42,7 +42,7 @@ WEB_FILES  := $(sort $(wildcard web/*.html web/*.js web/*.css web/*.png web/*.sv
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-c test-python clean run sample format
+.PHONY: all test test-c test-python test-web clean run sample format
 
 all: $(BUILD)/tessera
 
@@ -72,7 +72,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libtessera.a
 	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
 # Every test binary runs from the repository root (fixtures are found relative to it).
-test: test-c test-python
+test: test-c test-python test-web
 
 test-c: $(TEST_BIN) $(BUILD)/tessera
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; ./$$t; done

@@ -14,6 +14,7 @@ packages=(
     python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
     python3-torchvision             # ImageNet class names for converted models
     time                            # /usr/bin/time for peak memory in bench/
+    chromium                        # the web page's test in a real browser (tests/web/)
 )
 
 sudo=""
@@ -24,3 +25,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 $sudo apt-get install -y -q "${packages[@]}"
+
+# The browser and OpenAI-SDK tests (tests/web/) run on the machine's Node.js (20 or newer;
+# playwright-core needs it) with packages pinned by tests/web/package-lock.json.
+if command -v npm >/dev/null; then
+    (cd "$(dirname "$0")/../tests/web" && npm ci --no-audit --no-fund)
+else
+    echo "install-deps: npm not found: tests/web (browser + OpenAI SDK) will fail" >&2
+fi

@@ -54,6 +54,8 @@ void http_resume(conn *c)
 static void log_mhd(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
+    /* A client closing its stream early is normal (and counted in /metrics). */
+    if (strstr(fmt, "Failed to send") || strstr(fmt, "closed by remote")) return;
     fputs("tessera: http: ", stderr);
     vfprintf(stderr, fmt, ap);
 }
