@@ -84,6 +84,10 @@ test-python: $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
 
+# The web page in headless Chromium and the official OpenAI Node SDK, against the real server.
+test-web: $(BUILD)/tessera
+	bash tests/web/run.sh $(BUILD)/tessera
+
 # Serves a small RANDOM-WEIGHT demo model (until a trained default model ships) on
 # http://$(HOST):$(PORT)/ - the web page, the REST API and SSE previews.
 HOST ?= 127.0.0.1
