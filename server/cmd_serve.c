@@ -43,7 +43,7 @@ static void usage(FILE *f)
         "                       0 = none)\n"
         "  --threads N          engine threads (default: all cores)\n"
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
-        "  --sse-ping SECONDS   keep-alive comment on idle streams (default 15)\n"
+        "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
         "  --max-connections N  concurrent HTTP connections (default 1024)\n");
 }
 
@@ -190,6 +190,9 @@ static void on_signal(uv_signal_t *h, int signum)
 static void close_all(server *s)
 {
     s->stopping = 1;
+    /* Drained: a late signal must not turn the clean exit into a kill. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     http_stop(s);
     uv_close((uv_handle_t *)&s->mhd_poll, NULL);
     uv_close((uv_handle_t *)&s->mhd_timer, NULL);
@@ -238,7 +241,13 @@ int cmd_serve(int argc, char **argv)
         case O_PREVIEW: if (parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
         case O_THREADS: if (parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
         case O_TTL: if (parse_long(optarg, 1, 86400 * 7, &v)) bad = "--job-ttl"; else o.job_ttl = (int)v; break;
-        case O_PING: if (parse_long(optarg, 1, 3600, &v)) bad = "--sse-ping"; else o.sse_ping = (int)v; break;
+        case O_PING: {
+            char *end;
+            double d = strtod(optarg, &end);
+            if (end == optarg || *end || !(d >= 0.1 && d <= 3600)) bad = "--sse-ping";
+            else o.sse_ping = d;
+            break;
+        }
         case O_CONNS: if (parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
         case O_HELP: usage(stdout); return 0;
         default:
@@ -271,7 +280,7 @@ int cmd_serve(int argc, char **argv)
     s.wake.data = &s;
     uv_timer_init(s.loop, &s.tick);
     s.tick.data = &s;
-    uv_timer_start(&s.tick, on_tick, 250, 250);
+    uv_timer_start(&s.tick, on_tick, 100, 100);
     uv_signal_init(s.loop, &s.sigterm);
     uv_signal_init(s.loop, &s.sigint);
     s.sigterm.data = s.sigint.data = &s;

@@ -29,7 +29,7 @@ typedef struct serve_options {
     int preview_every;
     int threads;
     int job_ttl;            /* seconds a finished async job is kept */
-    int sse_ping;           /* seconds between keep-alive comments */
+    double sse_ping;        /* seconds between keep-alive comments */
     int max_connections;
 } serve_options;
 

@@ -99,8 +99,8 @@ class Server:
                 out[name] = float(value)
         return out
 
-    def stop(self, expect_code=0):
-        if self.proc.poll() is None:
+    def stop(self, expect_code=0, signal_again=True):
+        if signal_again and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=120)
@@ -436,33 +436,47 @@ def test_cancel_job(slow):
     wait_metric(slow, "tessera_kv_blocks_used", 1)
 
 
-def test_queue_full_429_and_keepalive():
-    srv = Server(SLOW, "--max-batch", "1", "--queue-limit", "1", "--sse-ping", "1")
+def test_queue_full_429():
+    srv = Server(SLOW, "--max-batch", "1", "--queue-limit", "1")
     try:
         first = threading.Thread(target=srv.request, args=("POST", "/generate", {"class": 1}))
         first.start()
         end = time.time() + 30
         while srv.metrics()["tessera_running_groups"] < 1:
             assert time.time() < end
-            time.sleep(0.01)
-        # The second waits (a stream, to watch for keep-alives); the third is refused.
-        c, r = open_stream(srv.port, "/generate", {"class": 2, "stream": True})
-        end = time.time() + 30
+            time.sleep(0.005)
+        second = threading.Thread(target=srv.request, args=("POST", "/generate", {"class": 2}))
+        second.start()
         while srv.metrics()["tessera_queue_depth"] < 1:
             assert time.time() < end
-            time.sleep(0.01)
+            time.sleep(0.005)
         status, hdrs, body = srv.json("POST", "/generate", {"class": 3})
         assert status == 429 and body["error"]["code"] == "queue_full", (status, body)
         assert int(hdrs["retry-after"]) >= 1
+        first.join()
+        second.join()
+    finally:
+        srv.stop()
+
+
+def test_keepalive_while_queued():
+    srv = Server(SLOW, "--max-batch", "1", "--sse-ping", "0.1")
+    try:
+        ahead = [srv.json("POST", "/v1/jobs", {"class": i})[2]["id"] for i in range(3)]
+        c, r = open_stream(srv.port, "/generate", {"class": 2, "stream": True})
         kinds = []
         for e, d in sse_events(r):
             kinds.append(e)
             if e == "done":
                 break
         c.close()
-        first.join()
-        assert kinds[0] == "queued" and json.loads("{}") == {}
-        assert ":" in kinds[:kinds.index("started")], "no keep-alive while queued: %s" % kinds[:8]
+        assert kinds[0] == "queued", kinds[:8]
+        waited = kinds[:kinds.index("started")]
+        assert ":" in waited, "no keep-alive while queued: %s" % waited
+        # Positions count down as the jobs ahead finish.
+        assert [e for e in waited if e != ":"] == ["queued"] * len([e for e in waited if e != ":"])
+        for jid in ahead:
+            assert srv.json("GET", "/v1/jobs/" + jid)[2]["state"] == "completed"
     finally:
         srv.stop()
 
@@ -537,7 +551,7 @@ def test_sigterm_drains():
     assert sorted(r[0] for r in results) == [200, 200, 200], [r[:2] for r in results]
     for status, hdrs, png in results:
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    srv.stop()   # exit code 0
+    srv.stop(signal_again=False)   # exit code 0 after the first SIGTERM
 
 
 def make_slow_model():
