@@ -394,6 +394,35 @@ static inline const float *kv_at(const float *base, const ts_kv_layer *kv,
 
 /* One (sequence, head) pair: every new query row of that sequence, scores kept in the
  * thread's scratch (n_ctx <= SCRATCH_FLOATS, far above any model's context). */
+/* Attention's inner loops. A scalar float reduction cannot be vectorised by the
+ * compiler (it may not reorder the sum), and each query reads every cached key, so
+ * these are written with explicit 8-lane accumulators. The order is fixed, so results
+ * do not depend on the batch. */
+static inline float dot_f32(const float *a, const float *b, int n)
+{
+    int e = 0;
+    float d = 0.0f;
+#ifdef TS_HAVE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; e + 8 <= n; e += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), _mm256_loadu_ps(b + e), acc);
+    d = hsum8(acc);
+#endif
+    for (; e < n; e++) d = fmaf(a[e], b[e], d);
+    return d;
+}
+
+static inline void axpy_f32(float *o, float p, const float *v, int n)
+{
+    int e = 0;
+#ifdef TS_HAVE_AVX2
+    __m256 pv = _mm256_set1_ps(p);
+    for (; e + 8 <= n; e += 8)
+        _mm256_storeu_ps(o + e, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + e), _mm256_loadu_ps(o + e)));
+#endif
+    for (; e < n; e++) o[e] = fmaf(p, v[e], o[e]);
+}
+
 static void attn_task(void *ctx, int task, int thread)
 {
     attn_job *j = ctx;
@@ -412,9 +441,7 @@ static void attn_task(void *ctx, int task, int thread)
         float mx = -INFINITY;
         for (int t = 0; t < n_keys; t++) {
             const float *kt = kv_at(kv->k, kv, sq->block_table, t, kvh);
-            float d = 0.0f;
-            for (int e = 0; e < hd; e++) d += qi[e] * kt[e];
-            d *= scale;
+            float d = dot_f32(qi, kt, hd) * scale;
             scores[t] = d;
             if (d > mx) mx = d;
         }
@@ -428,8 +455,7 @@ static void attn_task(void *ctx, int task, int thread)
         memset(o, 0, (size_t)hd * sizeof *o);
         for (int t = 0; t < n_keys; t++) {
             const float *vt = kv_at(kv->v, kv, sq->block_table, t, kvh);
-            float p = scores[t] * inv;
-            for (int e = 0; e < hd; e++) o[e] += p * vt[e];
+            axpy_f32(o, scores[t] * inv, vt, hd);
         }
     }
 }
