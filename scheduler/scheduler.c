@@ -61,10 +61,10 @@ void ts_event_free(ts_event *ev)
     free(ev);
 }
 
-static ts_event *event_new(ts_event_kind kind, uint64_t job)
+ts_event *ts_event_new(ts_event_kind kind, uint64_t job)
 {
     ts_event *ev = calloc(1, sizeof *ev);
-    if (!ev) abort();   /* a few bytes; treat like the rest of the engine's small allocations */
+    if (!ev) abort();
     ev->kind = kind;
     ev->job = job;
     return ev;
@@ -146,7 +146,7 @@ static void unlink_group(ts_sched *s, group *g)
 /* Ends a group: unlinks and frees it, then emits kind (with message, for failures). */
 static void finish_group(ts_sched *s, group *g, ts_event_kind kind, const char *message)
 {
-    ts_event *ev = event_new(kind, g->id);
+    ts_event *ev = ts_event_new(kind, g->id);
     if (message) snprintf(ev->message, sizeof ev->message, "%.*s", (int)sizeof ev->message - 1, message);
     unlink_group(s, g);
     group_free(s, g);
@@ -309,14 +309,14 @@ static void admit(ts_sched *s)
                 }
                 g->state = G_RUNNING;
                 images += g->spec.n_images;
-                emit(s, event_new(TS_EV_STARTED, g->id));
+                emit(s, ts_event_new(TS_EV_STARTED, g->id));
                 continue;
             }
             blocked = 1;
         }
         position++;
         if (position != g->last_position) {
-            ts_event *ev = event_new(TS_EV_QUEUED, g->id);
+            ts_event *ev = ts_event_new(TS_EV_QUEUED, g->id);
             ev->position = g->last_position = position;
             emit(s, ev);
         }
@@ -415,7 +415,7 @@ static int ar_step(ts_sched *s, ts_error *err)
             r += two ? 2 : 1;
         }
         g->t = t + 1;
-        ts_event *ev = event_new(TS_EV_PROGRESS, g->id);
+        ts_event *ev = ts_event_new(TS_EV_PROGRESS, g->id);
         ev->step = g->t;
         ev->total = L;
         emit(s, ev);
@@ -448,7 +448,7 @@ static ts_event *image_event(ts_sched *s, ts_event_kind kind, group *g, int i, i
 {
     int px = s->m->image_size;
     size_t bytes = (size_t)px * px * 3;
-    ts_event *ev = event_new(kind, g->id);
+    ts_event *ev = ts_event_new(kind, g->id);
     ev->image = i;
     ev->step = step;
     ev->total = gcfg(s)->block_size;

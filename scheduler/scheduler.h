@@ -62,6 +62,9 @@ typedef struct ts_event {
     struct ts_event *next;     /* for the consumer's queues */
 } ts_event;
 
+/* A zeroed event of kind for job (aborts on OOM: a few bytes, like the engine's other
+ * small allocations). */
+ts_event *ts_event_new(ts_event_kind kind, uint64_t job);
 void ts_event_free(ts_event *ev);   /* NULL-safe; frees rgb and tokens too */
 
 typedef struct ts_sched_config {

@@ -12,6 +12,13 @@ const double ts_step_time_bounds[TS_STEP_TIME_BUCKETS - 1] = {0.005, 0.01, 0.025
                                                               0.25,  0.5,  1.0,   2.5,  5.0};
 const int ts_batch_bounds[TS_BATCH_BUCKETS - 1] = {1, 2, 4, 8, 16, 32, 64, 128};
 
+void ts_hist_seconds_observe(uint64_t hist[TS_STEP_TIME_BUCKETS], double *sum, double v)
+{
+    *sum += v;
+    for (int b = 0; b < TS_STEP_TIME_BUCKETS; b++)
+        if (b == TS_STEP_TIME_BUCKETS - 1 || v <= ts_step_time_bounds[b]) hist[b]++;
+}
+
 typedef struct submission {
     uint64_t job;
     ts_job_spec spec;
@@ -81,10 +88,7 @@ static void publish(ts_worker *w)
 
 static void fail_job(ts_worker *w, uint64_t job, const char *msg)
 {
-    ts_event *ev = calloc(1, sizeof *ev);
-    if (!ev) abort();
-    ev->kind = TS_EV_FAILED;
-    ev->job = job;
+    ts_event *ev = ts_event_new(TS_EV_FAILED, job);
     snprintf(ev->message, sizeof ev->message, "%.*s", (int)sizeof ev->message - 1, msg);
     collect(w, ev);
 }
@@ -143,9 +147,7 @@ static void record_step(ts_worker *w, double seconds)
     uint64_t before = st->sched.forward_passes;
     st->sched = ss;
     st->steps++;
-    st->step_time_sum += seconds;
-    for (int b = 0; b < TS_STEP_TIME_BUCKETS; b++)
-        if (b == TS_STEP_TIME_BUCKETS - 1 || seconds <= ts_step_time_bounds[b]) st->step_time_hist[b]++;
+    ts_hist_seconds_observe(st->step_time_hist, &st->step_time_sum, seconds);
     if (ss.forward_passes > before) {
         int n = ss.last_batch_images;
         st->batch_sum += (uint64_t)n;
@@ -312,10 +314,7 @@ void ts_worker_cancel(ts_worker *w, uint64_t job)
             if (!*p) w->in_tail = p;
             free(s);
             free(c);
-            ts_event *ev = calloc(1, sizeof *ev);
-            if (!ev) abort();
-            ev->kind = TS_EV_CANCELLED;
-            ev->job = job;
+            ts_event *ev = ts_event_new(TS_EV_CANCELLED, job);
             *w->out_tail = ev;
             w->out_tail = &ev->next;
             pthread_mutex_unlock(&w->mu);

@@ -49,6 +49,9 @@ typedef struct ts_model_info {
 extern const double ts_step_time_bounds[TS_STEP_TIME_BUCKETS - 1];
 extern const int ts_batch_bounds[TS_BATCH_BUCKETS - 1];
 
+/* Counts v (seconds) into a cumulative histogram over ts_step_time_bounds. */
+void ts_hist_seconds_observe(uint64_t hist[TS_STEP_TIME_BUCKETS], double *sum, double v);
+
 typedef struct ts_worker_stats {
     ts_sched_stats sched;
     uint64_t steps;                                /* steps that did any work */

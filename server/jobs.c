@@ -160,13 +160,6 @@ json_t *job_result_json(server *s, job *j)
                      (int)j->req.spec.class_id, "images", imgs);
 }
 
-static void observe(uint64_t *hist, double *sum, double v)
-{
-    *sum += v;
-    for (int b = 0; b < TS_STEP_TIME_BUCKETS; b++)
-        if (b == TS_STEP_TIME_BUCKETS - 1 || v <= ts_step_time_bounds[b]) hist[b]++;
-}
-
 static int encode_png(server *s, job *j, const ts_event *ev, uint8_t **png, size_t *len)
 {
     char params[512];
@@ -195,7 +188,7 @@ static void on_preview(server *s, job *j, const ts_event *ev)
     if (!b64) return;
     if (!j->first_preview_seen) {
         j->first_preview_seen = 1;
-        observe(s->m.ttfp_hist, &s->m.ttfp_sum, server_now() - j->created);
+        ts_hist_seconds_observe(s->m.ttfp_hist, &s->m.ttfp_sum, server_now() - j->created);
     }
     if (j->api == TS_API_OPENAI) {
         char size[32];
@@ -249,7 +242,7 @@ static void finish(server *s, job *j, job_state st, int status, const char *code
     j->finished = server_now();
     if (st == JOB_COMPLETED) {
         double d = j->finished - j->created;
-        observe(s->m.latency_hist, &s->m.latency_sum, d);
+        ts_hist_seconds_observe(s->m.latency_hist, &s->m.latency_sum, d);
         s->job_seconds_ema = s->job_seconds_ema > 0 ? 0.8 * s->job_seconds_ema + 0.2 * d : d;
     } else {
         j->error_status = status;

@@ -21,17 +21,26 @@ void server_count_status(server *s, int status)
 
 /* ------------------------------------------------------------------ responses */
 
-static enum MHD_Result send_body(conn *c, int status, const char *type, void *data, size_t len,
-                                 enum MHD_ResponseMemoryMode mode)
+/* Queues data as the response, with one optional extra header. */
+static enum MHD_Result send_body_hdr(conn *c, int status, const char *type, void *data, size_t len,
+                                     enum MHD_ResponseMemoryMode mode, const char *hname,
+                                     const char *hvalue)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, data, mode);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, "Content-Type", type);
     MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (hname) MHD_add_response_header(r, hname, hvalue);
     enum MHD_Result ok = MHD_queue_response(c->mhd, (unsigned)status, r);
     MHD_destroy_response(r);
     server_count_status(c->srv, status);
     return ok;
+}
+
+static enum MHD_Result send_body(conn *c, int status, const char *type, void *data, size_t len,
+                                 enum MHD_ResponseMemoryMode mode)
+{
+    return send_body_hdr(c, status, type, data, len, mode, NULL, NULL);
 }
 
 /* Takes ownership of json. */
@@ -51,15 +60,8 @@ static enum MHD_Result send_error_hdr(conn *c, int status, const char *code, con
     va_end(ap);
     char *json = ts_api_error_json(code, msg);
     if (!json) return MHD_NO;
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(json), json, MHD_RESPMEM_MUST_FREE);
-    if (!r) return MHD_NO;
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    if (hname) MHD_add_response_header(r, hname, hvalue);
-    enum MHD_Result ok = MHD_queue_response(c->mhd, (unsigned)status, r);
-    MHD_destroy_response(r);
-    server_count_status(c->srv, status);
-    return ok;
+    return send_body_hdr(c, status, "application/json", json, strlen(json),
+                         MHD_RESPMEM_MUST_FREE, hname, hvalue);
 }
 
 #define send_error(c, status, code, ...) send_error_hdr(c, status, code, NULL, NULL, __VA_ARGS__)
@@ -232,16 +234,10 @@ static enum MHD_Result answer_job(conn *c)
     if (j->state == JOB_COMPLETED) {
         if (j->api == TS_API_NATIVE && j->n_ready == 1 && !wants(c, "application/json")) {
             ts_api_image *im = &j->images[0];
-            struct MHD_Response *r =
-                MHD_create_response_from_buffer(im->png_len, im->png, MHD_RESPMEM_MUST_COPY);
-            if (!r) return MHD_NO;
             char seed[32];
             snprintf(seed, sizeof seed, "%llu", (unsigned long long)im->seed);
-            MHD_add_response_header(r, "Content-Type", "image/png");
-            MHD_add_response_header(r, "X-Seed", seed);
-            ok = MHD_queue_response(c->mhd, 200, r);
-            MHD_destroy_response(r);
-            server_count_status(s, 200);
+            ok = send_body_hdr(c, 200, "image/png", im->png, im->png_len, MHD_RESPMEM_MUST_COPY,
+                               "X-Seed", seed);
         } else {
             ok = send_json(c, 200, ts_api_dump(job_result_json(s, j)));
         }
