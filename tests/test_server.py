@@ -405,7 +405,7 @@ def test_disconnect_cancels_and_frees_blocks(slow):
     # A plain (non-streaming) request abandoned while it waits.
     before = slow.metrics()["tessera_requests_cancelled_total"]
     s = socket.create_connection(("127.0.0.1", slow.port))
-    body = json.dumps({"class": 2}).encode()
+    body = json.dumps({"class": 2, "n": 4}).encode()   # long enough to abandon mid-way
     s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
               % (len(body), body))
     end = time.time() + 30
