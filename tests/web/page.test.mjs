@@ -111,14 +111,17 @@ test('generate: previews stream in, then two final images, kept in the gallery',
     window.__events = [];
     const log = (what) => window.__events.push(what);
     new MutationObserver((muts) => {
+      // Judge by the mutation's target (the container), not by where an image is now: when the
+      // whole stream arrives in one chunk, a preview is added and cleared again before this runs.
       for (const m of muts) {
         if (m.type === 'attributes' && m.target.closest('#preview')) log('preview');
+        const where = m.target.nodeType === 1 ? m.target : null;
         for (const n of m.addedNodes) {
-          if (n.nodeType !== 1) continue;
+          if (n.nodeType !== 1 || !where) continue;
           const imgs = n.matches('img') ? [n] : [...n.querySelectorAll('img')];
           for (const img of imgs) {
-            if (img.closest('#preview') && img.getAttribute('src')) log('preview');
-            else if (img.closest('#results')) log('result');
+            if (where.closest('#preview') && img.getAttribute('src')) log('preview');
+            else if (where.closest('#results')) log('result');
           }
         }
       }
