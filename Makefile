@@ -1,6 +1,10 @@
 # Tessera - one flat Makefile. `make` builds build/tessera; `make test` builds and runs
 # every test; `make test SANITIZE=1` runs them under AddressSanitizer + UBSan (in
 # build-san/). Dependencies: scripts/install-deps.sh.
+#
+# The CUDA backend (engine/cuda/) is built when nvcc is found (on the PATH or in
+# /usr/local/cuda); CUDA=0 leaves it out, CUDA=1 insists on it. The sanitizer build
+# leaves it out unless CUDA=1 is given (ASan and the CUDA driver disagree over memory).
 
 CC      ?= gcc
 PYTHON  ?= /usr/bin/python3
@@ -26,17 +30,42 @@ BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/i
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 CHECK_LIBS  := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm -pthread)
 
-CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -Wall -Wextra $(WERROR) -MMD -MP -I. $(BLAS_CFLAGS) $(EXTRA_CFLAGS)
-LDLIBS  := -ljansson -lpng $(BLAS_LIBS) -lm -pthread
+CFLAGS  = -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -Wall -Wextra $(WERROR) -MMD -MP -I. $(BLAS_CFLAGS) $(CFLAGS_CUDA) $(EXTRA_CFLAGS)
+LDLIBS  = -ljansson -lpng $(BLAS_LIBS) $(CUDA_LIBS) -lm -pthread
 SERVER_LIBS := -lmicrohttpd -luv
 
+CUDA_HOME ?= /usr/local/cuda
+NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard $(CUDA_HOME)/bin/nvcc))
+ifeq ($(SANITIZE),1)
+CUDA    ?= 0
+else
+CUDA    ?= $(if $(NVCC),1,0)
+endif
+# sm_90 machine code for Hopper, plus PTX that newer GPUs compile at load time.
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCCFLAGS := -std=c++17 -O3 $(CUDA_ARCH) -I. -Xcompiler -Wall,-Wextra -MMD -MP $(EXTRA_NVCCFLAGS)
+
 ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c engine/models/*.c)
+ifeq ($(CUDA),1)
+ifeq ($(NVCC),)
+$(error CUDA=1 but nvcc was not found (PATH or $(CUDA_HOME)/bin))
+endif
+ENGINE_SRC += engine/cuda/backend_cuda.c
+CU_SRC     := $(wildcard engine/cuda/*.cu)
+CFLAGS_CUDA := -I$(CUDA_HOME)/include -DTS_HAVE_CUDA=1
+CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
+else
+ENGINE_SRC += engine/cuda/backend_cuda_none.c
+CU_SRC     :=
+CFLAGS_CUDA :=
+CUDA_LIBS  :=
+endif
 API_SRC    := $(wildcard api/*.c)
 SCHED_SRC  := $(wildcard scheduler/*.c)
 SERVER_SRC := $(wildcard server/*.c)
 LIB_SRC    := $(ENGINE_SRC) $(SCHED_SRC) $(API_SRC)
 
-LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/web_assets.o
 WEB_FILES  := $(sort $(wildcard web/*.html web/*.js web/*.css web/*.png web/*.svg web/*.ico))
 TEST_SRC   := $(wildcard tests/test_*.c)
@@ -67,6 +96,10 @@ $(BUILD)/libtessera.a: $(LIB_OBJ)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libtessera.a
 	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)

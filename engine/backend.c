@@ -2,7 +2,28 @@
  * device-free and a backend is chosen once at start-up. */
 #include "backend_impl.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+ts_backend *ts_backend_create(const char *device, int n_threads, ts_error *err)
+{
+    if (!device || !strcmp(device, "cpu")) return ts_backend_cpu_create(n_threads, err);
+    if (strcmp(device, "cuda") && strcmp(device, "auto")) {
+        ts_fail(err, TS_ERR_INVALID, "unknown device \"%s\" (cpu, cuda or auto)", device);
+        return NULL;
+    }
+    ts_error why = {0};
+    ts_backend *be = ts_backend_cuda_create(-1, &why);
+    if (be) return be;
+    if (why.code != TS_ERR_UNSUPPORTED) {   /* a GPU is there but failed: say so, do not hide it */
+        if (err) *err = why;
+        return NULL;
+    }
+    if (!strcmp(device, "cuda"))
+        fprintf(stderr, "tessera: notice: --device cuda: %s; running on the CPU backend\n", why.msg);
+    return ts_backend_cpu_create(n_threads, err);
+}
 
 void ts_backend_free(ts_backend *be)
 {
@@ -10,7 +31,23 @@ void ts_backend_free(ts_backend *be)
 }
 
 const char *ts_backend_name(const ts_backend *be) { return be->ops->name; }
+const char *ts_backend_describe(const ts_backend *be)
+{
+    return be->description[0] ? be->description : be->ops->name;
+}
 int ts_backend_threads(const ts_backend *be) { return be->n_threads; }
+int ts_backend_kv_elem_bytes(const ts_backend *be) { return be->kv_elem_bytes; }
+
+int ts_be_mem_info(ts_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    if (!be->ops->mem_info) return -1;
+    return be->ops->mem_info(be, free_bytes, total_bytes);
+}
+
+void ts_be_step_begin(ts_backend *be)
+{
+    if (be->ops->step_begin) be->ops->step_begin(be);
+}
 
 float *ts_be_alloc(ts_backend *be, size_t n) { return be->ops->alloc(be, n); }
 void ts_be_free(ts_backend *be, void *p) { if (p) be->ops->free(be, p); }
@@ -21,6 +58,10 @@ void ts_be_upload(ts_backend *be, float *dst, const float *src, size_t n)
 void ts_be_download(ts_backend *be, float *dst, const float *src, size_t n)
 {
     be->ops->download(be, dst, src, n);
+}
+void ts_be_copy(ts_backend *be, void *dst, const void *src, size_t n_bytes)
+{
+    if (n_bytes) be->ops->copy(be, dst, src, n_bytes);
 }
 
 int ts_be_weight_init(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
@@ -48,9 +89,15 @@ float *ts_be_vec_from(ts_backend *be, const void *host, ts_dtype t, size_t n)
     return dev;
 }
 
-void ts_be_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n)
+void ts_be_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids,
+                 const int32_t *rows, int n)
 {
-    be->ops->embed(be, out, table, ids, n);
+    if (n > 0) be->ops->embed(be, out, table, ids, rows, n);
+}
+void ts_be_gather_rows(ts_backend *be, float *out, const float *x, const int32_t *rows, int n,
+                       int dim)
+{
+    if (n > 0) be->ops->gather_rows(be, out, x, rows, n, dim);
 }
 void ts_be_matmul(ts_backend *be, float *out, const float *x, const ts_wt *w,
                   const float *bias, int m)
@@ -81,9 +128,14 @@ void ts_be_kv_store(ts_backend *be, const ts_kv_layer *kv, const float *k, const
     be->ops->kv_store(be, kv, k, v, stride, slot, m);
 }
 void ts_be_attention(ts_backend *be, float *out, const float *q, int q_stride,
-                     const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs)
+                     const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs,
+                     int max_ctx)
 {
-    be->ops->attention(be, out, q, q_stride, kv, n_head, seqs, n_seqs);
+    be->ops->attention(be, out, q, q_stride, kv, n_head, seqs, n_seqs, max_ctx);
+}
+void ts_be_sample(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n, int vocab)
+{
+    if (n > 0) be->ops->sample(be, tokens, rows, n, vocab);
 }
 void ts_be_conv2d(ts_backend *be, float *out, const float *in, const ts_wt *w,
                   const float *bias, int n, int cin, int h, int wd, int k, int stride,

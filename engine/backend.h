@@ -16,9 +16,17 @@
  *    buffers at load time with ts_be_vec_from.
  *  - Index arrays (token ids, positions, block tables) are host memory.
  *
- * All ops are synchronous from the caller's point of view and run on the thread that
- * calls them (the backend may use its own worker threads inside an op). A backend is
- * not thread-safe: one engine thread owns it.
+ * Ops behave as if synchronous: a later op sees an earlier op's output, and host
+ * arrays passed in may be reused as soon as the call returns. A device backend queues
+ * the work and waits only where data reaches the host (ts_be_download, ts_be_sample).
+ * A backend is not thread-safe: one engine thread owns it.
+ *
+ * Steps: ts_be_step_begin marks the ops up to the next download or sample as one
+ * step that will recur with the same shapes (a decode step). A GPU backend may then
+ * record the ops and replay them as one graph; every value that changes from step to
+ * step (ids, positions, cache slots, block tables, context lengths, random numbers)
+ * is passed as host data, never baked into an op's scalar arguments. The CPU backend
+ * runs the ops as they come.
  */
 #ifndef TS_BACKEND_H
 #define TS_BACKEND_H
@@ -28,6 +36,7 @@
 
 #include "dtype.h"
 #include "error.h"
+#include "sampler.h"
 
 typedef struct ts_backend ts_backend;
 
@@ -49,24 +58,51 @@ typedef struct ts_attn_seq {
 } ts_attn_seq;
 
 /* Geometry of one layer of the paged KV cache: n_blocks blocks of block_size
- * positions, each position holding n_kv_head * head_dim floats for K and for V. */
+ * positions, each position holding n_kv_head * head_dim elements for K and for V, of
+ * the backend's KV type (ts_backend_kv_elem_bytes: float on the CPU, bf16 on CUDA). */
 typedef struct ts_kv_layer {
-    float *k, *v;          /* backend memory, [n_blocks][block_size][n_kv_head*head_dim] */
+    void *k, *v;           /* backend memory, [n_blocks][block_size][n_kv_head*head_dim] */
     int32_t block_size;
     int32_t n_kv_head, head_dim;
 } ts_kv_layer;
 
+/* One image's next-token draw (ts_be_sample): CFG combine when uncond is non-NULL,
+ * then upstream's temperature, top-k, top-p and one multinomial draw with uniform u. */
+typedef struct ts_sample_row {
+    const float *cond;      /* backend memory, [vocab] logits */
+    const float *uncond;    /* backend memory, [vocab], or NULL: no guidance */
+    float cfg_scale;
+    ts_sample_params p;
+    double u;               /* ts_rng_uniform of the image's seed and step */
+} ts_sample_row;
+
 /* ---- lifetime ---- */
 ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err);  /* n_threads <= 0: all cores */
+/* CUDA device `device` (-1: the current one). Fails with TS_ERR_UNSUPPORTED when the
+ * binary has no CUDA backend or no usable GPU is present, the reason in err. */
+ts_backend *ts_backend_cuda_create(int device, ts_error *err);
+/* By name: "cpu", "cuda" or "auto" (CUDA when a GPU is usable, else the CPU). A request
+ * for "cuda" that cannot be met falls back to the CPU with a one-line notice on stderr.
+ * n_threads is for the CPU backend. */
+ts_backend *ts_backend_create(const char *device, int n_threads, ts_error *err);
 void ts_backend_free(ts_backend *be);                             /* NULL-safe */
 const char *ts_backend_name(const ts_backend *be);
+const char *ts_backend_describe(const ts_backend *be);   /* e.g. "cuda: NVIDIA H100 (80 GiB)" */
 int ts_backend_threads(const ts_backend *be);
+int ts_backend_kv_elem_bytes(const ts_backend *be);      /* bytes per K or V element */
+/* Free and total device memory in bytes; -1 where the backend cannot tell (CPU). */
+int ts_be_mem_info(ts_backend *be, size_t *free_bytes, size_t *total_bytes);
+
+/* ---- steps (see above) ---- */
+void ts_be_step_begin(ts_backend *be);
 
 /* ---- memory ---- */
 float *ts_be_alloc(ts_backend *be, size_t n_floats);   /* NULL on failure; zeroed */
 void ts_be_free(ts_backend *be, void *p);              /* NULL-safe */
 void ts_be_upload(ts_backend *be, float *dst, const float *src, size_t n);
 void ts_be_download(ts_backend *be, float *dst, const float *src, size_t n);
+/* Copies n_bytes of backend memory (e.g. a KV block; regions must not overlap). */
+void ts_be_copy(ts_backend *be, void *dst, const void *src, size_t n_bytes);
 
 int ts_be_weight_init(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
                       int64_t n_out, int64_t n_in, ts_error *err);
@@ -75,8 +111,12 @@ void ts_be_weight_release(ts_backend *be, ts_wt *w);
 float *ts_be_vec_from(ts_backend *be, const void *host, ts_dtype t, size_t n);
 
 /* ---- transformer ops ---- */
-/* out[i, :] = table[ids[i], :] widened to float. */
-void ts_be_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n);
+/* out[rows[i], :] = table[ids[i], :] widened to float (rows NULL: row i). */
+void ts_be_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids,
+                 const int32_t *rows, int n);
+/* out[i, :] = x[rows[i], :] for rows of dim floats. */
+void ts_be_gather_rows(ts_backend *be, float *out, const float *x, const int32_t *rows, int n,
+                       int dim);
 /* out[m, n_out] = x[m, n_in] . W^T (+ bias[n_out] if bias). out must not alias x. */
 void ts_be_matmul(ts_backend *be, float *out, const float *x, const ts_wt *w,
                   const float *bias, int m);
@@ -97,9 +137,17 @@ void ts_be_add(ts_backend *be, float *x, const float *y, size_t n);
 void ts_be_kv_store(ts_backend *be, const ts_kv_layer *kv, const float *k, const float *v,
                     int stride, const int32_t *slot, int m);
 /* Causal attention of each sequence's new queries over its cached keys/values,
- * scale 1/sqrt(head_dim). q rows have stride q_stride floats; out is [rows, n_head*head_dim]. */
+ * scale 1/sqrt(head_dim). q rows have stride q_stride floats; out is [rows, n_head*head_dim].
+ * No sequence's n_ctx exceeds max_ctx (the model's context length): a GPU backend sizes
+ * its work by it, so that steps whose contexts grow still share one shape. */
 void ts_be_attention(ts_backend *be, float *out, const float *q, int q_stride,
-                     const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs);
+                     const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs,
+                     int max_ctx);
+
+/* ---- sampling ---- */
+/* tokens[i] (host) = the draw of rows[i] over vocab logits; the logits are not changed.
+ * The result is on the host when the call returns (a GPU backend syncs here, once). */
+void ts_be_sample(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n, int vocab);
 
 /* ---- convolutional ops (NCHW, float) ---- */
 /* out[n, cout, ho, wo] = conv(in[n, cin, h, w], W[cout, cin, k, k]) + bias, with zero

@@ -1,5 +1,6 @@
 /* backend_impl.h - the ops table a backend fills in. Only backends include this;
- * models use the wrappers declared in backend.h. Every entry is required. */
+ * models use the wrappers declared in backend.h. Every entry is required except
+ * mem_info and step_begin, which may be NULL. */
 #ifndef TS_BACKEND_IMPL_H
 #define TS_BACKEND_IMPL_H
 
@@ -8,16 +9,22 @@
 typedef struct ts_backend_ops {
     const char *name;
     void (*destroy)(ts_backend *be);
+    int (*mem_info)(ts_backend *be, size_t *free_bytes, size_t *total_bytes);
+    void (*step_begin)(ts_backend *be);
 
     float *(*alloc)(ts_backend *be, size_t n_floats);
     void (*free)(ts_backend *be, void *p);
     void (*upload)(ts_backend *be, float *dst, const float *src, size_t n);
     void (*download)(ts_backend *be, float *dst, const float *src, size_t n);
+    void (*copy)(ts_backend *be, void *dst, const void *src, size_t n_bytes);
     int (*weight_init)(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
                        int64_t n_out, int64_t n_in, ts_error *err);
     void (*weight_release)(ts_backend *be, ts_wt *w);
 
-    void (*embed)(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n);
+    void (*embed)(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids,
+                  const int32_t *rows, int n);
+    void (*gather_rows)(ts_backend *be, float *out, const float *x, const int32_t *rows, int n,
+                        int dim);
     void (*matmul)(ts_backend *be, float *out, const float *x, const ts_wt *w,
                    const float *bias, int m);
     void (*rmsnorm)(ts_backend *be, float *out, const float *x, const float *w,
@@ -29,7 +36,9 @@ typedef struct ts_backend_ops {
     void (*kv_store)(ts_backend *be, const ts_kv_layer *kv, const float *k, const float *v,
                      int stride, const int32_t *slot, int m);
     void (*attention)(ts_backend *be, float *out, const float *q, int q_stride,
-                      const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs);
+                      const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs,
+                      int max_ctx);
+    void (*sample)(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n, int vocab);
 
     void (*conv2d)(ts_backend *be, float *out, const float *in, const ts_wt *w,
                    const float *bias, int n, int cin, int h, int wd, int k, int stride,
@@ -47,6 +56,8 @@ typedef struct ts_backend_ops {
 struct ts_backend {
     const ts_backend_ops *ops;
     int n_threads;
+    int kv_elem_bytes;        /* 4 (float) or 2 (bf16) */
+    char description[128];    /* one line for logs and /v1/models */
 };
 
 #endif

@@ -16,12 +16,13 @@ int ts_gen_cfg_active(const ts_gen_params *p, int t)
     return !(p->cfg_interval > -1.0f && (float)i > p->cfg_interval);
 }
 
-int ts_gen_pick_token(ts_sampler *s, const ts_gen_params *p, float *cond, const float *uncond,
-                      uint64_t image_seed, int t)
+ts_sample_row ts_gen_sample_row(const ts_gen_params *p, const float *cond, const float *uncond,
+                                uint64_t image_seed, int t)
 {
-    if (uncond && ts_gen_cfg_active(p, t)) ts_cfg_combine(cond, cond, uncond, s->n, p->cfg_scale);
-    double u = ts_rng_uniform(image_seed, 0, (uint32_t)t, TS_RNG_TOKEN);
-    return ts_sample(s, cond, &p->sample, u);
+    ts_sample_row r = {cond, NULL, p->cfg_scale, p->sample, 0.0};
+    if (uncond && ts_gen_cfg_active(p, t)) r.uncond = uncond;
+    r.u = ts_rng_uniform(image_seed, 0, (uint32_t)t, TS_RNG_TOKEN);
+    return r;
 }
 
 int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes, int n,
@@ -44,15 +45,17 @@ int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes,
     int ctx_len = c->cls_token_num + L - 1;
     int blocks_per_seq = (ctx_len + KV_BLOCK - 1) / KV_BLOCK;
     ts_kv_cache *kv = NULL;
-    ts_sampler smp = {0};
+    ts_sample_row *draws = NULL;
+    int32_t *picked = NULL;
     int rc = ts_kv_cache_create(m->be, c->n_layer, c->n_kv_head, c->head_dim, KV_BLOCK,
                                 blocks_per_seq * n_seqs, &kv, err);
     if (rc) return rc;
     int32_t *tables = malloc((size_t)n_seqs * blocks_per_seq * sizeof *tables);
     int32_t *ids = malloc((size_t)n_seqs * sizeof *ids);
-    float *logits = malloc((size_t)n_seqs * V * sizeof *logits);
     llamagen_seq *seqs = malloc((size_t)n_seqs * sizeof *seqs);
-    if (!tables || !ids || !logits || !seqs || ts_sampler_init(&smp, V)) {
+    draws = malloc((size_t)n * sizeof *draws);
+    picked = malloc((size_t)n * sizeof *picked);
+    if (!tables || !ids || !seqs || !draws || !picked) {
         rc = ts_fail(err, TS_ERR_NOMEM, "generate: out of memory");
         goto done;
     }
@@ -66,20 +69,22 @@ int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes,
             int pos = t == 0 ? 0 : c->cls_token_num + t - 1;
             seqs[s] = (llamagen_seq){pos, 1, &ids[s], tables + (size_t)s * blocks_per_seq};
         }
-        if ((rc = llamagen_forward(g, kv, seqs, n_seqs, logits, err))) goto done;
+        if ((rc = llamagen_forward(g, kv, seqs, n_seqs, NULL, err))) goto done;
+        const float *logits = llamagen_logits(g);
         for (int img = 0; img < n; img++) {
-            float *cond = logits + (size_t)img * per * V;
-            tokens[(size_t)img * L + t] =
-                ts_gen_pick_token(&smp, p, cond, cfg ? cond + V : NULL, p->seed + (uint64_t)img, t);
+            const float *cond = logits + (size_t)img * per * V;
+            draws[img] = ts_gen_sample_row(p, cond, cfg ? cond + V : NULL, p->seed + (uint64_t)img, t);
         }
+        ts_be_sample(m->be, picked, draws, n, V);
+        for (int img = 0; img < n; img++) tokens[(size_t)img * L + t] = picked[img];
         if (progress) progress(progress_ctx, t + 1, L);
     }
 done:
-    ts_sampler_free(&smp);
     free(tables);
     free(ids);
-    free(logits);
     free(seqs);
+    free(draws);
+    free(picked);
     ts_kv_cache_destroy(kv);
     return rc;
 }

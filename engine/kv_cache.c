@@ -3,9 +3,10 @@
 
 #include <stdlib.h>
 
-size_t ts_kv_block_bytes(int n_layer, int n_kv_head, int head_dim, int block_size)
+size_t ts_kv_block_bytes(int n_layer, int n_kv_head, int head_dim, int block_size,
+                         int elem_bytes)
 {
-    return 2 * sizeof(float) * (size_t)n_layer * n_kv_head * head_dim * block_size;
+    return 2 * (size_t)elem_bytes * (size_t)n_layer * n_kv_head * head_dim * block_size;
 }
 
 int ts_kv_cache_create(ts_backend *be, int n_layer, int n_kv_head, int head_dim,
@@ -20,21 +21,23 @@ int ts_kv_cache_create(ts_backend *be, int n_layer, int n_kv_head, int head_dim,
     kv->n_layer = n_layer;
     kv->block_size = block_size;
     kv->n_blocks = n_blocks;
-    size_t per_layer = (size_t)n_blocks * block_size * n_kv_head * head_dim;
+    kv->elem_bytes = ts_backend_kv_elem_bytes(be);
+    size_t per_layer = (size_t)n_blocks * block_size * n_kv_head * head_dim * kv->elem_bytes;
+    size_t floats = (per_layer * n_layer + sizeof(float) - 1) / sizeof(float);
     kv->layers = calloc((size_t)n_layer, sizeof *kv->layers);
     kv->free_list = malloc((size_t)n_blocks * sizeof *kv->free_list);
     kv->refs = calloc((size_t)n_blocks, sizeof *kv->refs);
-    kv->k_all = ts_be_alloc(be, per_layer * n_layer);
-    kv->v_all = ts_be_alloc(be, per_layer * n_layer);
+    kv->k_all = ts_be_alloc(be, floats);
+    kv->v_all = ts_be_alloc(be, floats);
     if (!kv->layers || !kv->free_list || !kv->refs || !kv->k_all || !kv->v_all) {
         ts_kv_cache_destroy(kv);
         return ts_fail(err, TS_ERR_NOMEM, "kv cache: cannot allocate %d blocks (%zu MiB)",
-                       n_blocks, ts_kv_block_bytes(n_layer, n_kv_head, head_dim, block_size) *
-                                     (size_t)n_blocks >> 20);
+                       n_blocks, ts_kv_block_bytes(n_layer, n_kv_head, head_dim, block_size,
+                                                   kv->elem_bytes) * (size_t)n_blocks >> 20);
     }
     for (int l = 0; l < n_layer; l++) {
-        kv->layers[l].k = kv->k_all + per_layer * l;
-        kv->layers[l].v = kv->v_all + per_layer * l;
+        kv->layers[l].k = (char *)kv->k_all + per_layer * l;
+        kv->layers[l].v = (char *)kv->v_all + per_layer * l;
         kv->layers[l].block_size = block_size;
         kv->layers[l].n_kv_head = n_kv_head;
         kv->layers[l].head_dim = head_dim;
@@ -83,16 +86,11 @@ int ts_kv_block_copy(ts_kv_cache *kv, int32_t dst, int32_t src, ts_error *err)
     if (dst < 0 || dst >= kv->n_blocks || src < 0 || src >= kv->n_blocks)
         return ts_fail(err, TS_ERR_INVALID, "kv cache: block copy %d -> %d out of range", src, dst);
     const ts_kv_layer *l0 = &kv->layers[0];
-    size_t n = (size_t)kv->block_size * l0->n_kv_head * l0->head_dim;
-    float *tmp = malloc(n * sizeof *tmp);
-    if (!tmp) return ts_fail(err, TS_ERR_NOMEM, "kv cache: out of memory copying a block");
+    size_t n = (size_t)kv->block_size * l0->n_kv_head * l0->head_dim * kv->elem_bytes;
     for (int l = 0; l < kv->n_layer; l++) {
         const ts_kv_layer *L = &kv->layers[l];
-        ts_be_download(kv->be, tmp, L->k + (size_t)src * n, n);
-        ts_be_upload(kv->be, L->k + (size_t)dst * n, tmp, n);
-        ts_be_download(kv->be, tmp, L->v + (size_t)src * n, n);
-        ts_be_upload(kv->be, L->v + (size_t)dst * n, tmp, n);
+        ts_be_copy(kv->be, (char *)L->k + (size_t)dst * n, (char *)L->k + (size_t)src * n, n);
+        ts_be_copy(kv->be, (char *)L->v + (size_t)dst * n, (char *)L->v + (size_t)src * n, n);
     }
-    free(tmp);
     return 0;
 }

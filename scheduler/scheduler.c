@@ -39,14 +39,14 @@ struct ts_sched {
 
     group *groups;             /* every live group, in arrival order */
     ts_block_table null_prefix;
-    float *null_logits;        /* [vocab]: the null class's prefill logits */
+    float *null_logits;        /* backend memory [vocab]: the null class's prefill logits */
 
     /* Step scratch, grown on demand. */
     int cap_rows;
     llamagen_seq *rows;
     int32_t *ids;
-    float *logits;
-    ts_sampler smp;
+    ts_sample_row *draws;      /* one per image in the batch */
+    int32_t *picked;
     int32_t *codes;            /* [L] for previews */
     uint8_t *rgb;              /* one image */
 
@@ -96,6 +96,13 @@ int ts_sched_blocks_per_image(const ts_sched *s, const ts_job_spec *spec)
     /* Steps 1..last feed the uncond row; step 0 reads the shared prefix's logits. */
     if (last >= 1) n += ts_bm_blocks_for(&s->bm, gcfg(s)->cls_token_num + last);
     return n;
+}
+
+int ts_sched_max_blocks_per_image(const llamagen_config *c, int block_size)
+{
+    /* cond and uncond each hold the class prefix and every token but the last */
+    int positions = c->cls_token_num + c->block_size - 1;
+    return 2 * ((positions + block_size - 1) / block_size);
 }
 
 int ts_sched_check(const ts_sched *s, const ts_job_spec *spec, ts_error *err)
@@ -189,14 +196,15 @@ int ts_sched_busy(const ts_sched *s) { return s->groups != NULL; }
 static int grow_scratch(ts_sched *s, int rows, ts_error *err)
 {
     if (rows <= s->cap_rows) return 0;
-    int V = gcfg(s)->vocab_size;
     llamagen_seq *r = realloc(s->rows, (size_t)rows * sizeof *r);
     if (r) s->rows = r;
     int32_t *ids = realloc(s->ids, (size_t)rows * sizeof *ids);
     if (ids) s->ids = ids;
-    float *lg = realloc(s->logits, (size_t)rows * V * sizeof *lg);
-    if (lg) s->logits = lg;
-    if (!r || !ids || !lg) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
+    ts_sample_row *d = realloc(s->draws, (size_t)rows * sizeof *d);
+    if (d) s->draws = d;
+    int32_t *pk = realloc(s->picked, (size_t)rows * sizeof *pk);
+    if (pk) s->picked = pk;
+    if (!r || !ids || !d || !pk) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
     s->cap_rows = rows;
     return 0;
 }
@@ -220,10 +228,10 @@ int ts_sched_create(ts_model *m, ts_kv_cache *kv, const ts_sched_config *cfg,
     const llamagen_config *c = gcfg(s);
     int L = c->block_size, img = m->image_size;
     int rc = TS_ERR_NOMEM;
-    s->null_logits = malloc((size_t)c->vocab_size * sizeof *s->null_logits);
+    s->null_logits = ts_be_alloc(m->be, (size_t)c->vocab_size);
     s->codes = malloc((size_t)L * sizeof *s->codes);
     s->rgb = malloc((size_t)img * img * 3);
-    if (!s->null_logits || !s->codes || !s->rgb || ts_sampler_init(&s->smp, c->vocab_size)) {
+    if (!s->null_logits || !s->codes || !s->rgb) {
         ts_fail(err, rc, "scheduler: out of memory");
         goto fail;
     }
@@ -240,7 +248,8 @@ int ts_sched_create(ts_model *m, ts_kv_cache *kv, const ts_sched_config *cfg,
     if (rc) goto fail;
     for (int i = 0; i < n; i++) s->ids[i] = c->num_classes;
     llamagen_seq seq = {0, n, s->ids, s->null_prefix.blocks};
-    if ((rc = llamagen_forward(m->gpt, kv, &seq, 1, s->null_logits, err))) goto fail;
+    if ((rc = llamagen_forward(m->gpt, kv, &seq, 1, NULL, err))) goto fail;
+    ts_be_copy(m->be, s->null_logits, llamagen_logits(m->gpt), (size_t)c->vocab_size * sizeof(float));
     *out = s;
     return 0;
 fail:
@@ -257,11 +266,11 @@ void ts_sched_free(ts_sched *s)
         group_free(s, g);
     }
     ts_bm_release(&s->bm, &s->null_prefix);
-    ts_sampler_free(&s->smp);
-    free(s->null_logits);
+    ts_be_free(s->m->be, s->null_logits);
     free(s->rows);
     free(s->ids);
-    free(s->logits);
+    free(s->draws);
+    free(s->picked);
     free(s->codes);
     free(s->rgb);
     free(s);
@@ -393,27 +402,35 @@ static int ar_step(ts_sched *s, ts_error *err)
             if ((rc = add_rows(s, g, i, &n_rows, err))) return rc;
         images += g->spec.n_images;
     }
-    if ((rc = llamagen_forward(s->m->gpt, s->kv, s->rows, n_rows, s->logits, err))) return rc;
+    if ((rc = llamagen_forward(s->m->gpt, s->kv, s->rows, n_rows, NULL, err))) return rc;
+    const float *logits = llamagen_logits(s->m->gpt);
     s->st.forward_passes++;
     s->st.rows_total += (uint64_t)n_rows;
     s->st.last_batch_rows = n_rows;
     s->st.last_batch_images = images;
 
-    /* Rows were laid out per image as [cond] or [cond, uncond]; walk them the same way. */
-    int r = 0;
+    /* Rows were laid out per image as [cond] or [cond, uncond]; walk them the same way,
+     * then draw every image's token in one call (one device sync). */
+    int r = 0, d = 0;
     for (group *g = s->groups; g; g = g->next) {
         if (g->state != G_RUNNING) continue;
         const ts_gen_params *p = &g->spec.params;
         int t = g->t;
         int two = p->cfg_scale > 1.0f && t > 0 && ts_gen_cfg_active(p, t);
         for (int i = 0; i < g->spec.n_images; i++) {
-            float *cond = s->logits + (size_t)r * V;
+            const float *cond = logits + (size_t)r * V;
             const float *uncond = NULL;
             if (p->cfg_scale > 1.0f) uncond = two ? cond + V : s->null_logits;
-            g->img[i].tokens[t] =
-                ts_gen_pick_token(&s->smp, p, cond, uncond, p->seed + (uint64_t)i, t);
+            s->draws[d++] = ts_gen_sample_row(p, cond, uncond, p->seed + (uint64_t)i, t);
             r += two ? 2 : 1;
         }
+    }
+    ts_be_sample(s->m->be, s->picked, s->draws, d, V);
+    d = 0;
+    for (group *g = s->groups; g; g = g->next) {
+        if (g->state != G_RUNNING) continue;
+        int t = g->t;
+        for (int i = 0; i < g->spec.n_images; i++) g->img[i].tokens[t] = s->picked[d++];
         g->t = t + 1;
         ts_event *ev = ts_event_new(TS_EV_PROGRESS, g->id);
         ev->step = g->t;

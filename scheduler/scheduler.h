@@ -94,8 +94,13 @@ int ts_sched_create(ts_model *m, ts_kv_cache *kv, const ts_sched_config *cfg,
                     ts_sched_emit_fn emit, void *emit_ctx, ts_sched **out, ts_error *err);
 void ts_sched_free(ts_sched *s);   /* NULL-safe; drops every group without events */
 
+/* Positions per KV block of the server's cache. */
+#define TS_SCHED_KV_BLOCK 16
+
 /* KV blocks one image pair of spec needs for its whole life. */
 int ts_sched_blocks_per_image(const ts_sched *s, const ts_job_spec *spec);
+/* The most any image pair of a model can need (CFG on every step), for sizing a cache. */
+int ts_sched_max_blocks_per_image(const llamagen_config *c, int block_size);
 /* Whether spec could ever run (fits max_batch and the whole KV cache); if not, err says
  * why (TS_ERR_INVALID). */
 int ts_sched_check(const ts_sched *s, const ts_job_spec *spec, ts_error *err);

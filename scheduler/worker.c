@@ -96,16 +96,16 @@ static void fail_job(ts_worker *w, uint64_t job, const char *msg)
 static int load(ts_worker *w, ts_error *err)
 {
     int rc;
-    if (!(w->be = ts_backend_cpu_create(w->cfg.n_threads, err))) return err->code;
+    if (!(w->be = ts_backend_create(w->cfg.device, w->cfg.n_threads, err))) return err->code;
     if ((rc = ts_model_load(w->be, w->model_dir, &w->model, err))) return rc;
     if (!w->model->vq)
         return ts_fail(err, TS_ERR_CONFIG, "%s: serving needs a vq decoder in the model folder",
                        w->model_dir);
     const llamagen_config *c = &w->model->gpt->cfg;
-    int bs = 16;
-    size_t block_bytes = ts_kv_block_bytes(c->n_layer, c->n_kv_head, c->head_dim, bs);
-    int per_seq = (c->cls_token_num + c->block_size - 1 + bs - 1) / bs;
-    int per_image = 2 * per_seq;
+    int bs = TS_SCHED_KV_BLOCK;
+    size_t block_bytes = ts_kv_block_bytes(c->n_layer, c->n_kv_head, c->head_dim, bs,
+                                           ts_backend_kv_elem_bytes(w->be));
+    int per_image = ts_sched_max_blocks_per_image(c, bs);
     long n_blocks;
     if (w->cfg.kv_memory) {
         n_blocks = (long)(w->cfg.kv_memory / block_bytes);
@@ -117,6 +117,23 @@ static int load(ts_worker *w, ts_error *err)
                            (size_t)(per_image + 1) * block_bytes);
     } else {
         n_blocks = (long)per_image * w->cfg.sched.max_batch + 1;
+        /* On a device with a known memory size, keep within 90% of what the weights left;
+         * the rest is for activations and the VQ decoder. */
+        size_t free_b, total_b;
+        if (ts_be_mem_info(w->be, &free_b, &total_b) == 0) {
+            long fit = (long)(free_b / 10 * 9 / block_bytes);
+            if (fit < per_image + 1)
+                return ts_fail(err, TS_ERR_NOMEM,
+                               "%s: after the weights, %zu MiB of device memory is free, less "
+                               "than one image's KV blocks need (%zu MiB)", ts_backend_describe(w->be),
+                               free_b >> 20, ((size_t)(per_image + 1) * block_bytes) >> 20);
+            if (fit < n_blocks) {
+                fprintf(stderr, "tessera: notice: device memory holds KV blocks for %ld of the "
+                                "%d images of --max-batch\n", (fit - 1) / per_image,
+                        w->cfg.sched.max_batch);
+                n_blocks = fit;
+            }
+        }
     }
     if (n_blocks > (1L << 30)) n_blocks = 1L << 30;
     if ((rc = ts_kv_cache_create(w->be, c->n_layer, c->n_kv_head, c->head_dim, bs,
@@ -135,6 +152,7 @@ static int load(ts_worker *w, ts_error *err)
     i->kv_block_size = bs;
     i->kv_bytes = (size_t)n_blocks * block_bytes;
     i->blocks_per_image = per_image;
+    snprintf(i->device, sizeof i->device, "%s", ts_backend_describe(w->be));
     return 0;
 }
 

@@ -17,7 +17,8 @@
 
 typedef struct ts_worker_config {
     const char *model_dir;      /* borrowed until the worker is ready or failed */
-    int n_threads;              /* backend threads; <= 0: all cores */
+    const char *device;         /* ts_backend_create's name: cpu, cuda or auto (NULL: cpu) */
+    int n_threads;              /* CPU backend threads; <= 0: all cores */
     size_t kv_memory;           /* bytes for KV blocks; 0: enough for max_batch images */
     ts_sched_config sched;
 } ts_worker_config;
@@ -41,6 +42,7 @@ typedef struct ts_model_info {
     int kv_block_size;
     size_t kv_bytes;
     int blocks_per_image;       /* with CFG on every step */
+    char device[128];           /* the backend, in words */
 } ts_model_info;
 
 /* Buckets (upper bounds) of the step histograms; the last bucket is +Inf. */

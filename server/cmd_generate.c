@@ -47,7 +47,9 @@ static void usage(FILE *f)
         "                       (required unless --tokens-out is given)\n"
         "  --tokens-out FILE    write each image's tokens in raster order, one image per line\n"
         "  --threads N          CPU threads (default: all cores)\n"
-        "  --device cpu         compute device (only cpu in this build)\n"
+        "  --device D           cpu, cuda or auto (default auto: the GPU when this build has\n"
+        "                       CUDA and one is usable, else the CPU; cuda without a GPU\n"
+        "                       falls back to the CPU with a notice)\n"
         "  --quiet              no progress output\n"
         "  --help               this text\n");
 }
@@ -104,7 +106,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->n_per_class = 1;
-    o->device = "cpu";
+    o->device = "auto";
     o->p = (ts_gen_params){.cfg_scale = 4.0f, .cfg_interval = -1.0f,
                            .sample = {.temperature = 1.0f, .top_k = 2000, .top_p = 1.0f},
                            .seed = 0};
@@ -166,9 +168,8 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         fprintf(stderr, "tessera generate: at most %d images per run\n", MAX_IMAGES);
         return -1;
     }
-    if (strcmp(o->device, "cpu") != 0) {
-        fprintf(stderr, "tessera generate: device '%s' is not available in this build (use cpu)\n",
-                o->device);
+    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda") && strcmp(o->device, "auto")) {
+        fprintf(stderr, "tessera generate: --device must be cpu, cuda or auto, not '%s'\n", o->device);
         return -1;
     }
     return 0;
@@ -226,7 +227,7 @@ int cmd_generate(int argc, char **argv)
         return 2;
     }
     ts_error err = {0};
-    ts_backend *be = ts_backend_cpu_create(o.threads, &err);
+    ts_backend *be = ts_backend_create(o.device, o.threads, &err);
     ts_model *m = NULL;
     int32_t *classes = NULL, *tokens = NULL;
     uint8_t *rgb = NULL;
@@ -235,8 +236,8 @@ int cmd_generate(int argc, char **argv)
     double t_load = now_s();
     if (ts_model_load(be, o.model, &m, &err)) goto fail;
     if (!o.quiet)
-        fprintf(stderr, "loaded %s in %.2f s (%s backend, %d threads)\n", m->name, now_s() - t_load,
-                ts_backend_name(be), ts_backend_threads(be));
+        fprintf(stderr, "loaded %s in %.2f s on %s\n", m->name, now_s() - t_load,
+                ts_backend_describe(be));
     if (o.out && !m->vq) {
         ts_fail(&err, TS_ERR_INVALID, "%s has no VQ decoder: only --tokens-out is possible", o.model);
         goto fail;

@@ -36,12 +36,16 @@ static void usage(FILE *f)
         "  --port N             port (default 8080)\n"
         "  --max-batch N        images (CFG pairs) decoded together per step (default 16)\n"
         "  --kv-memory BYTES    KV cache size, suffixes K/M/G allowed (default: enough for\n"
-        "                       --max-batch images of the model)\n"
+        "                       --max-batch images of the model; on a GPU at most 90%% of\n"
+        "                       the memory left free after loading the weights)\n"
         "  --queue-limit N      requests waiting beyond the batch before 429 (default 64)\n"
         "  --api-key-file F     require `Authorization: Bearer KEY`, one key per line of F\n"
         "  --preview-every N    streamed requests get a preview every N tokens (default 32;\n"
         "                       0 = none)\n"
-        "  --threads N          engine threads (default: all cores)\n"
+        "  --threads N          CPU backend threads (default: all cores)\n"
+        "  --device D           cpu, cuda or auto (default auto: the GPU when this build has\n"
+        "                       CUDA and one is usable; cuda without a GPU falls back to\n"
+        "                       the CPU with a notice)\n"
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
         "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
         "  --max-connections N  concurrent HTTP connections (default 1024)\n");
@@ -124,10 +128,10 @@ static void on_wake(uv_async_t *a)
                                     s->opt.max_batch < TS_API_MAX_N ? s->opt.max_batch : TS_API_MAX_N,
                                     s->opt.preview_every, &s->classes};
         fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV blocks "
-                        "(%.1f MiB, %d per image), batch %d, %d class names\n",
+                        "(%.1f MiB, %d per image), batch %d, %d class names, on %s\n",
                 i->name, i->image_size, i->image_size, i->n_tokens, i->kv_blocks,
                 (double)i->kv_bytes / (1 << 20), i->blocks_per_image, s->opt.max_batch,
-                s->classes.n);
+                s->classes.n, i->device);
     } else if (st == TS_WORKER_FAILED && !s->stopping) {
         /* Exit non-zero so a supervisor (Kubernetes, systemd) sees the failure. */
         fprintf(stderr, "tessera serve: the model failed to load: %s\n", ts_worker_error(s->worker));
@@ -211,16 +215,17 @@ static void notify(void *ctx)
 
 int cmd_serve(int argc, char **argv)
 {
-    serve_options o = {NULL, "127.0.0.1", 8080, 16, 0, 64, NULL, 32, 0, 600, 15, 1024};
+    serve_options o = {NULL, "127.0.0.1", 8080, 16, 0, 64, NULL, 32, 0, "auto", 600, 15, 1024};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
-           O_TTL, O_PING, O_CONNS, O_HELP };
+           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
         {"kv-memory", required_argument, 0, O_KV}, {"queue-limit", required_argument, 0, O_QUEUE},
         {"api-key-file", required_argument, 0, O_KEYS},
         {"preview-every", required_argument, 0, O_PREVIEW},
-        {"threads", required_argument, 0, O_THREADS}, {"job-ttl", required_argument, 0, O_TTL},
+        {"threads", required_argument, 0, O_THREADS}, {"device", required_argument, 0, O_DEVICE},
+        {"job-ttl", required_argument, 0, O_TTL},
         {"sse-ping", required_argument, 0, O_PING},
         {"max-connections", required_argument, 0, O_CONNS}, {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0}};
@@ -240,6 +245,10 @@ int cmd_serve(int argc, char **argv)
         case O_KEYS: o.api_key_file = optarg; break;
         case O_PREVIEW: if (parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
         case O_THREADS: if (parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
+        case O_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto")) bad = "--device";
+            else o.device = optarg;
+            break;
         case O_TTL: if (parse_long(optarg, 1, 86400 * 7, &v)) bad = "--job-ttl"; else o.job_ttl = (int)v; break;
         case O_PING: {
             char *end;
@@ -296,7 +305,7 @@ int cmd_serve(int argc, char **argv)
     }
     fprintf(stderr, "tessera serve: listening on http://%s:%d/ (loading %s)\n", o.host, o.port,
             o.model_dir);
-    ts_worker_config wc = {o.model_dir, o.threads, o.kv_memory,
+    ts_worker_config wc = {o.model_dir, o.device, o.threads, o.kv_memory,
                            {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
     if (ts_worker_start(&wc, notify, &s.wake, &s.worker, &err)) {
         fprintf(stderr, "tessera serve: %s\n", err.msg);

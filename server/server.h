@@ -28,6 +28,7 @@ typedef struct serve_options {
     const char *api_key_file;
     int preview_every;
     int threads;
+    const char *device;     /* cpu, cuda or auto */
     int job_ttl;            /* seconds a finished async job is kept */
     double sse_ping;        /* seconds between keep-alive comments */
     int max_connections;

@@ -31,7 +31,7 @@ START_TEST(test_alloc_until_empty)
     ck_assert_int_eq(ts_kv_blocks_for(kv, 16), 1);
     ck_assert_int_eq(ts_kv_blocks_for(kv, 17), 2);
     /* layers are disjoint slices of one buffer */
-    ck_assert_ptr_eq(kv->layers[1].k, kv->layers[0].k + 5 * 16 * 3 * 8);
+    ck_assert_ptr_eq(kv->layers[1].k, (char *)kv->layers[0].k + 5 * 16 * 3 * 8 * sizeof(float));
     ts_kv_cache_destroy(kv);
 }
 END_TEST

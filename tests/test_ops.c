@@ -263,7 +263,7 @@ static void check_attention(int n_head, int n_kv_head, int hd)
         }
     }
     memset(out, 0xff, (size_t)rows * q_dim * 4);
-    ts_be_attention(be, out, q, q_stride, &kv, n_head, seqs, NSEQ);
+    ts_be_attention(be, out, q, q_stride, &kv, n_head, seqs, NSEQ, 16);
     double e = max_rel(out, ref, (size_t)rows * q_dim);
     ck_assert_msg(e < 1e-5, "attention heads %d/%d hd %d: rel err %g", n_head, n_kv_head, hd, e);
     for (int s = 0; s < NSEQ; s++) { free(K[s]); free(V[s]); }
@@ -406,11 +406,26 @@ START_TEST(test_embed)
     ts_wt t;
     ts_error err = {0};
     ck_assert_int_eq(ts_be_weight_init(be, &t, wb, TS_BF16, 6, 5, &err), 0);
-    int32_t ids[3] = {5, 0, 5};
-    float out[15];
-    ts_be_embed(be, out, &t, ids, 3);
+    int32_t ids[3] = {5, 0, 5}, rows[3] = {2, 0, 3};
+    float out[20];
+    ts_be_embed(be, out, &t, ids, NULL, 3);
     for (int i = 0; i < 3; i++)
         for (int d = 0; d < 5; d++) ck_assert_float_eq(out[i * 5 + d], wr[ids[i] * 5 + d]);
+    /* scattered to the given rows; row 1 untouched */
+    for (int i = 0; i < 20; i++) out[i] = -7.0f;
+    ts_be_embed(be, out, &t, ids, rows, 3);
+    for (int i = 0; i < 3; i++)
+        for (int d = 0; d < 5; d++) ck_assert_float_eq(out[rows[i] * 5 + d], wr[ids[i] * 5 + d]);
+    for (int d = 0; d < 5; d++) ck_assert_float_eq(out[5 + d], -7.0f);
+    /* and gathered back */
+    float back[15];
+    int32_t g[3] = {3, 2, 0};
+    ts_be_gather_rows(be, back, out, g, 3, 5);
+    for (int d = 0; d < 5; d++) {
+        ck_assert_float_eq(back[d], wr[5 * 5 + d]);
+        ck_assert_float_eq(back[5 + d], wr[5 * 5 + d]);
+        ck_assert_float_eq(back[10 + d], wr[0 * 5 + d]);
+    }
     free(wb);
 }
 END_TEST

@@ -48,8 +48,8 @@ START_TEST(test_blocks_reserve_share_copy)
     size_t per_block = 4 * 1 * 4;
     for (int l = 0; l < 2; l++)
         for (size_t i = 0; i < per_block; i++) {
-            kv->layers[l].k[prefix.blocks[0] * per_block + i] = 1.0f + l;
-            kv->layers[l].v[prefix.blocks[0] * per_block + i] = -1.0f - l;
+            ((float *)kv->layers[l].k)[prefix.blocks[0] * per_block + i] = 1.0f + l;
+            ((float *)kv->layers[l].v)[prefix.blocks[0] * per_block + i] = -1.0f - l;
         }
 
     /* Two tables share it; the first write copies it, the prefix keeps its data. */
@@ -61,8 +61,8 @@ START_TEST(test_blocks_reserve_share_copy)
     ck_assert_int_eq(ts_kv_block_refs(kv, prefix.blocks[0]), 2);
     ck_assert_int_eq(r1, 2);
     for (int l = 0; l < 2; l++) {
-        ck_assert(kv->layers[l].k[a.blocks[0] * per_block + 3] == 1.0f + l);
-        ck_assert(kv->layers[l].v[a.blocks[0] * per_block + 5] == -1.0f - l);
+        ck_assert(((float *)kv->layers[l].k)[a.blocks[0] * per_block + 3] == 1.0f + l);
+        ck_assert(((float *)kv->layers[l].v)[a.blocks[0] * per_block + 5] == -1.0f - l);
     }
     /* Growing past the block: one new block from the reservation, nothing copied. */
     ts_ck_ok(ts_bm_prepare(&bm, &a, 6, 5, &r1, &err), err);

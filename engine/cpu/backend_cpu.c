@@ -44,6 +44,8 @@ typedef struct cpu_backend {
     ts_backend base;
     ts_pool *pool;
     float **scratch;    /* [n_threads][SCRATCH_FLOATS] */
+    ts_sampler smp;     /* sampling scratch, sized to the vocabulary on first use */
+    float *logits;      /* [smp.n] combined logits */
 } cpu_backend;
 
 static cpu_backend *cpu(ts_backend *be) { return (cpu_backend *)be; }
@@ -79,6 +81,12 @@ static void cpu_copy(ts_backend *be, float *dst, const float *src, size_t n)
 {
     (void)be;
     memmove(dst, src, n * sizeof *dst);
+}
+
+static void cpu_copy_bytes(ts_backend *be, void *dst, const void *src, size_t n)
+{
+    (void)be;
+    memmove(dst, src, n);
 }
 
 static int cpu_weight_init(ts_backend *be, ts_wt *w, const void *host, ts_dtype t,
@@ -311,10 +319,22 @@ static void cpu_matmul(ts_backend *be, float *out, const float *x, const ts_wt *
 
 /* ------------------------------------------------------------------ elementwise */
 
-static void cpu_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids, int n)
+static void cpu_embed(ts_backend *be, float *out, const ts_wt *table, const int32_t *ids,
+                      const int32_t *rows, int n)
 {
     (void)be;
-    for (int i = 0; i < n; i++) wt_row_f32(table, ids[i], out + (size_t)i * (size_t)table->n_in);
+    for (int i = 0; i < n; i++) {
+        size_t r = rows ? (size_t)rows[i] : (size_t)i;
+        wt_row_f32(table, ids[i], out + r * (size_t)table->n_in);
+    }
+}
+
+static void cpu_gather_rows(ts_backend *be, float *out, const float *x, const int32_t *rows,
+                            int n, int dim)
+{
+    (void)be;
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * dim, x + (size_t)rows[i] * dim, (size_t)dim * sizeof *out);
 }
 
 static void cpu_rmsnorm(ts_backend *be, float *out, const float *x, const float *w,
@@ -370,8 +390,8 @@ static void cpu_kv_store(ts_backend *be, const ts_kv_layer *kv, const float *k, 
     (void)be;
     size_t dim = (size_t)kv->n_kv_head * kv->head_dim;
     for (int i = 0; i < m; i++) {
-        memcpy(kv->k + (size_t)slot[i] * dim, k + (size_t)i * stride, dim * sizeof(float));
-        memcpy(kv->v + (size_t)slot[i] * dim, v + (size_t)i * stride, dim * sizeof(float));
+        memcpy((float *)kv->k + (size_t)slot[i] * dim, k + (size_t)i * stride, dim * sizeof(float));
+        memcpy((float *)kv->v + (size_t)slot[i] * dim, v + (size_t)i * stride, dim * sizeof(float));
     }
 }
 
@@ -440,7 +460,7 @@ static void attn_task(void *ctx, int task, int thread)
         const float *qi = j->q + (size_t)row * j->q_stride + (size_t)h * hd;
         float mx = -INFINITY;
         for (int t = 0; t < n_keys; t++) {
-            const float *kt = kv_at(kv->k, kv, sq->block_table, t, kvh);
+            const float *kt = kv_at((const float *)kv->k, kv, sq->block_table, t, kvh);
             float d = dot_f32(qi, kt, hd) * scale;
             scores[t] = d;
             if (d > mx) mx = d;
@@ -454,15 +474,17 @@ static void attn_task(void *ctx, int task, int thread)
         float *o = j->out + (size_t)row * j->n_head * hd + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof *o);
         for (int t = 0; t < n_keys; t++) {
-            const float *vt = kv_at(kv->v, kv, sq->block_table, t, kvh);
+            const float *vt = kv_at((const float *)kv->v, kv, sq->block_table, t, kvh);
             axpy_f32(o, scores[t] * inv, vt, hd);
         }
     }
 }
 
 static void cpu_attention(ts_backend *be, float *out, const float *q, int q_stride,
-                          const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs)
+                          const ts_kv_layer *kv, int n_head, const ts_attn_seq *seqs, int n_seqs,
+                          int max_ctx)
 {
+    (void)max_ctx;   /* scores live in the per-thread scratch, far larger */
     cpu_backend *c = cpu(be);
     attn_job j = {out, q, q_stride, kv, n_head, seqs, c};
     ts_pool_run(c->pool, n_seqs * n_head, attn_task, &j);
@@ -699,12 +721,38 @@ static void cpu_spatial_attention(ts_backend *be, float *out, const float *q, co
     ts_pool_run(c_be->pool, n * j.tasks_per_image, sattn_task, &j);
 }
 
+/* ------------------------------------------------------------------ sampling */
+
+/* Host memory is backend memory here, so this is the reference sampler itself. */
+static void cpu_sample(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n,
+                       int vocab)
+{
+    cpu_backend *c = cpu(be);
+    if (c->smp.n != vocab) {
+        ts_sampler_free(&c->smp);
+        if (ts_sampler_init(&c->smp, vocab)) {
+            fprintf(stderr, "tessera: out of memory for a sampler over %d tokens\n", vocab);
+            abort();
+        }
+        free(c->logits);
+        c->logits = xmalloc((size_t)vocab * sizeof *c->logits);
+    }
+    for (int i = 0; i < n; i++) {
+        const ts_sample_row *r = &rows[i];
+        if (r->uncond) ts_cfg_combine(c->logits, r->cond, r->uncond, vocab, r->cfg_scale);
+        else memcpy(c->logits, r->cond, (size_t)vocab * sizeof *c->logits);
+        tokens[i] = ts_sample(&c->smp, c->logits, &r->p, r->u);
+    }
+}
+
 /* ------------------------------------------------------------------ lifetime */
 
 static void cpu_destroy(ts_backend *be)
 {
     cpu_backend *c = cpu(be);
     ts_pool_destroy(c->pool);
+    ts_sampler_free(&c->smp);
+    free(c->logits);
     if (c->scratch)
         for (int i = 0; i < be->n_threads; i++) free(c->scratch[i]);
     free(c->scratch);
@@ -718,9 +766,11 @@ static const ts_backend_ops cpu_ops = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .copy = cpu_copy_bytes,
     .weight_init = cpu_weight_init,
     .weight_release = cpu_weight_release,
     .embed = cpu_embed,
+    .gather_rows = cpu_gather_rows,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
@@ -732,6 +782,7 @@ static const ts_backend_ops cpu_ops = {
     .group_norm = cpu_group_norm,
     .upsample2x = cpu_upsample2x,
     .spatial_attention = cpu_spatial_attention,
+    .sample = cpu_sample,
 };
 
 ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err)
@@ -745,6 +796,8 @@ ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err)
     if (!c) goto oom;
     c->base.ops = &cpu_ops;
     c->base.n_threads = n_threads;
+    c->base.kv_elem_bytes = sizeof(float);
+    snprintf(c->base.description, sizeof c->base.description, "cpu (%d threads)", n_threads);
     c->scratch = calloc((size_t)n_threads, sizeof *c->scratch);
     if (!c->scratch) goto oom;
     for (int i = 0; i < n_threads; i++)

@@ -212,6 +212,8 @@ static int reserve(llamagen_model *m, int n_tokens, int n_seqs, ts_error *err)
 /* Host-side plan of one step: per-row position, cache slot and embedding source. */
 typedef struct step_plan {
     int32_t *pos, *slot;
+    int32_t *cls_ids, *cls_rows, *tok_ids, *tok_rows;   /* embedding gathers by table */
+    int32_t *last;                                      /* last row of each sequence */
     ts_attn_seq *att;
 } step_plan;
 
@@ -219,6 +221,11 @@ static void plan_free(step_plan *p)
 {
     free(p->pos);
     free(p->slot);
+    free(p->cls_ids);
+    free(p->cls_rows);
+    free(p->tok_ids);
+    free(p->tok_rows);
+    free(p->last);
     free(p->att);
 }
 
@@ -253,16 +260,19 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
     int rc = reserve(m, M, n_seqs, err);
     if (rc) return rc;
 
-    step_plan p = {malloc((size_t)M * sizeof *p.pos), malloc((size_t)M * sizeof *p.slot),
+    size_t rows_sz = (size_t)M * sizeof(int32_t);
+    step_plan p = {malloc(rows_sz), malloc(rows_sz), malloc(rows_sz), malloc(rows_sz),
+                   malloc(rows_sz), malloc(rows_sz), malloc((size_t)n_seqs * sizeof(int32_t)),
                    malloc((size_t)n_seqs * sizeof *p.att)};
-    if (!p.pos || !p.slot || !p.att) {
+    if (!p.pos || !p.slot || !p.cls_ids || !p.cls_rows || !p.tok_ids || !p.tok_rows || !p.last ||
+        !p.att) {
         plan_free(&p);
         return ts_fail(err, TS_ERR_NOMEM, "out of memory");
     }
     int dim = c->dim, hd = c->head_dim;
     int kv_dim = c->n_kv_head * hd;
     int qkv_dim = dim + 2 * kv_dim;
-    int row = 0;
+    int row = 0, n_cls = 0, n_tok = 0;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
         p.att[s] = (ts_attn_seq){q->block_table, q->n_past + q->n_new, q->n_new, row};
@@ -270,11 +280,21 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
             int pos = q->n_past + i;
             p.pos[row] = pos;
             p.slot[row] = q->block_table[pos / kv->block_size] * kv->block_size + pos % kv->block_size;
-            const ts_wt *table = pos < c->cls_token_num ? &m->cls_embedding : &m->tok_embeddings;
-            ts_be_embed(be, m->x + (size_t)row * dim, table, &q->ids[i], 1);
+            if (pos < c->cls_token_num) {
+                p.cls_ids[n_cls] = q->ids[i];
+                p.cls_rows[n_cls++] = row;
+            } else {
+                p.tok_ids[n_tok] = q->ids[i];
+                p.tok_rows[n_tok++] = row;
+            }
         }
+        p.last[s] = row - 1;
     }
 
+    /* From here to the download, the ops are one step that recurs with the same shapes. */
+    ts_be_step_begin(be);
+    ts_be_embed(be, m->x, &m->cls_embedding, p.cls_ids, p.cls_rows, n_cls);
+    ts_be_embed(be, m->x, &m->tok_embeddings, p.tok_ids, p.tok_rows, n_tok);
     for (int l = 0; l < c->n_layer; l++) {
         const llamagen_layer *L = &m->layers[l];
         const ts_kv_layer *kvl = &kv->layers[l];
@@ -284,7 +304,7 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
         ts_be_rope(be, m->qkv, qkv_dim, M, c->n_head, hd, m->rope, p.pos);
         ts_be_rope(be, m->qkv + dim, qkv_dim, M, c->n_kv_head, hd, m->rope, p.pos);
         ts_be_kv_store(be, kvl, m->qkv + dim, m->qkv + dim + kv_dim, qkv_dim, p.slot, M);
-        ts_be_attention(be, m->att, m->qkv, qkv_dim, kvl, c->n_head, p.att, n_seqs);
+        ts_be_attention(be, m->att, m->qkv, qkv_dim, kvl, c->n_head, p.att, n_seqs, max_pos);
         ts_be_matmul(be, m->xn, m->att, &L->wo, NULL, M);
         ts_be_add(be, m->x, m->xn, (size_t)M * dim);
         /* feed-forward: out = h + w2(silu(w1 h') * w3 h') */
@@ -297,13 +317,12 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
     }
 
     /* Only each sequence's last row needs logits. */
-    for (int s = 0; s < n_seqs; s++) {
-        int r = p.att[s].q_row + p.att[s].n_q - 1;
-        ts_be_rmsnorm(be, m->last + (size_t)s * dim, m->x + (size_t)r * dim, m->norm, 1, dim,
-                      c->norm_eps);
-    }
+    ts_be_gather_rows(be, m->xn, m->x, p.last, n_seqs, dim);
+    ts_be_rmsnorm(be, m->last, m->xn, m->norm, n_seqs, dim, c->norm_eps);
     ts_be_matmul(be, m->logits, m->last, &m->output, NULL, n_seqs);
-    ts_be_download(be, logits, m->logits, (size_t)n_seqs * c->vocab_size);
+    if (logits) ts_be_download(be, logits, m->logits, (size_t)n_seqs * c->vocab_size);
     plan_free(&p);
     return TS_OK;
 }
+
+const float *llamagen_logits(const llamagen_model *m) { return m->logits; }

@@ -78,10 +78,13 @@ int llamagen_load(ts_backend *be, const llamagen_config *cfg, ts_st_file *file,
                   llamagen_model **out, ts_error *err);
 void llamagen_free(llamagen_model *m);   /* NULL-safe */
 
-/* Runs one batched step: appends every sequence's new tokens to the cache and writes
- * the fp32 logits of each sequence's last new token to logits[s * vocab] (host).
- * Errors (bad ids or positions): TS_ERR_INVALID, nothing written to the cache. */
+/* Runs one batched step: appends every sequence's new tokens to the cache and leaves
+ * the fp32 logits of each sequence's last new token in backend memory at
+ * llamagen_logits(m)[s * vocab], valid until the next forward; when logits (host) is
+ * non-NULL they are also copied there. Errors (bad ids or positions):
+ * TS_ERR_INVALID, nothing written to the cache. */
 int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seqs,
                      int n_seqs, float *logits, ts_error *err);
+const float *llamagen_logits(const llamagen_model *m);
 
 #endif

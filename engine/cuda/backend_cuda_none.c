@@ -1,0 +1,11 @@
+/* backend_cuda_none.c - stands in for the CUDA backend in builds without nvcc, so that
+ * `--device cuda` falls back to the CPU with a clear reason. */
+#include "../backend.h"
+
+ts_backend *ts_backend_cuda_create(int device, ts_error *err)
+{
+    (void)device;
+    ts_fail(err, TS_ERR_UNSUPPORTED, "this build has no CUDA backend (nvcc was not found when "
+            "it was built)");
+    return NULL;
+}
