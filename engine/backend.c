@@ -9,19 +9,21 @@
 ts_backend *ts_backend_create(const char *device, int n_threads, ts_error *err)
 {
     if (!device || !strcmp(device, "cpu")) return ts_backend_cpu_create(n_threads, err);
-    if (strcmp(device, "cuda") && strcmp(device, "auto")) {
-        ts_fail(err, TS_ERR_INVALID, "unknown device \"%s\" (cpu, cuda or auto)", device);
+    int fp32 = !strcmp(device, "cuda-fp32");
+    if (strcmp(device, "cuda") && strcmp(device, "auto") && !fp32) {
+        ts_fail(err, TS_ERR_INVALID, "unknown device \"%s\" (cpu, cuda, cuda-fp32 or auto)", device);
         return NULL;
     }
     ts_error why = {0};
-    ts_backend *be = ts_backend_cuda_create(-1, &why);
+    ts_backend *be = ts_backend_cuda_create(-1, fp32, &why);
     if (be) return be;
     if (why.code != TS_ERR_UNSUPPORTED) {   /* a GPU is there but failed: say so, do not hide it */
         if (err) *err = why;
         return NULL;
     }
-    if (!strcmp(device, "cuda"))
-        fprintf(stderr, "tessera: notice: --device cuda: %s; running on the CPU backend\n", why.msg);
+    if (strcmp(device, "auto"))
+        fprintf(stderr, "tessera: notice: --device %s: %s; running on the CPU backend\n", device,
+                why.msg);
     return ts_backend_cpu_create(n_threads, err);
 }
 

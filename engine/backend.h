@@ -78,12 +78,15 @@ typedef struct ts_sample_row {
 
 /* ---- lifetime ---- */
 ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err);  /* n_threads <= 0: all cores */
-/* CUDA device `device` (-1: the current one). Fails with TS_ERR_UNSUPPORTED when the
- * binary has no CUDA backend or no usable GPU is present, the reason in err. */
-ts_backend *ts_backend_cuda_create(int device, ts_error *err);
-/* By name: "cpu", "cuda" or "auto" (CUDA when a GPU is usable, else the CPU). A request
- * for "cuda" that cannot be met falls back to the CPU with a one-line notice on stderr.
- * n_threads is for the CPU backend. */
+/* CUDA device `device` (-1: the current one). Weights and the KV cache are bf16 and
+ * matrix products bf16 x bf16 with fp32 accumulation; with fp32 set, weights, cache and
+ * products stay float (no TF32), the mode the parity tests compare with the CPU. Fails
+ * with TS_ERR_UNSUPPORTED when the binary has no CUDA backend or no usable GPU is
+ * present, the reason in err. */
+ts_backend *ts_backend_cuda_create(int device, int fp32, ts_error *err);
+/* By name: "cpu", "cuda", "cuda-fp32" or "auto" (CUDA when a GPU is usable, else the
+ * CPU). A request for CUDA that cannot be met falls back to the CPU with a one-line
+ * notice on stderr. n_threads is for the CPU backend. */
 ts_backend *ts_backend_create(const char *device, int n_threads, ts_error *err);
 void ts_backend_free(ts_backend *be);                             /* NULL-safe */
 const char *ts_backend_name(const ts_backend *be);

@@ -47,7 +47,7 @@ static void usage(FILE *f)
         "                       (required unless --tokens-out is given)\n"
         "  --tokens-out FILE    write each image's tokens in raster order, one image per line\n"
         "  --threads N          CPU threads (default: all cores)\n"
-        "  --device D           cpu, cuda or auto (default auto: the GPU when this build has\n"
+        "  --device D           cpu, cuda, cuda-fp32 or auto (default auto: the GPU when this build has\n"
         "                       CUDA and one is usable, else the CPU; cuda without a GPU\n"
         "                       falls back to the CPU with a notice)\n"
         "  --quiet              no progress output\n"
@@ -168,8 +168,9 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         fprintf(stderr, "tessera generate: at most %d images per run\n", MAX_IMAGES);
         return -1;
     }
-    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda") && strcmp(o->device, "auto")) {
-        fprintf(stderr, "tessera generate: --device must be cpu, cuda or auto, not '%s'\n", o->device);
+    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda") && strcmp(o->device, "cuda-fp32") &&
+        strcmp(o->device, "auto")) {
+        fprintf(stderr, "tessera generate: --device must be cpu, cuda, cuda-fp32 or auto, not '%s'\n", o->device);
         return -1;
     }
     return 0;

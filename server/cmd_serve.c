@@ -43,7 +43,7 @@ static void usage(FILE *f)
         "  --preview-every N    streamed requests get a preview every N tokens (default 32;\n"
         "                       0 = none)\n"
         "  --threads N          CPU backend threads (default: all cores)\n"
-        "  --device D           cpu, cuda or auto (default auto: the GPU when this build has\n"
+        "  --device D           cpu, cuda, cuda-fp32 or auto (default auto: the GPU when this build has\n"
         "                       CUDA and one is usable; cuda without a GPU falls back to\n"
         "                       the CPU with a notice)\n"
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
@@ -246,7 +246,8 @@ int cmd_serve(int argc, char **argv)
         case O_PREVIEW: if (parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
         case O_THREADS: if (parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
         case O_DEVICE:
-            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto")) bad = "--device";
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "cuda-fp32") &&
+                strcmp(optarg, "auto")) bad = "--device";
             else o.device = optarg;
             break;
         case O_TTL: if (parse_long(optarg, 1, 86400 * 7, &v)) bad = "--job-ttl"; else o.job_ttl = (int)v; break;

@@ -2,9 +2,10 @@
  * `--device cuda` falls back to the CPU with a clear reason. */
 #include "../backend.h"
 
-ts_backend *ts_backend_cuda_create(int device, ts_error *err)
+ts_backend *ts_backend_cuda_create(int device, int fp32, ts_error *err)
 {
     (void)device;
+    (void)fp32;
     ts_fail(err, TS_ERR_UNSUPPORTED, "this build has no CUDA backend (nvcc was not found when "
             "it was built)");
     return NULL;

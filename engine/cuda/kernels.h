@@ -1,0 +1,114 @@
+/* kernels.h - the CUDA kernels behind backend_cuda.c, one launcher per op.
+ *
+ * Conventions for every launcher:
+ *  - all pointers are device memory; index arrays (ids, rows, positions, slots, block
+ *    tables, sequence records) were copied to the device by the caller;
+ *  - activations are float; weights and the KV cache are bf16 (stored as uint16_t), or
+ *    float in the backend's fp32 mode (the `f32` flags), which exists for parity tests;
+ *  - the work is queued on `stream` and nothing waits; the return value is
+ *    cudaGetLastError() after the launch (cudaSuccess when n == 0 and nothing ran);
+ *  - no launcher allocates memory or synchronises, so that a whole step can be
+ *    captured into a CUDA graph; scratch comes from the caller.
+ */
+#ifndef TS_CUDA_KERNELS_H
+#define TS_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- transformer.cu ---- */
+
+/* out[rows[i], :] = table[ids[i], :] (bf16, or float if f32, -> float), rows NULL: row i. */
+cudaError_t tsk_embed(cudaStream_t s, float *out, const void *table, int f32, int dim,
+                      const int32_t *ids, const int32_t *rows, int n);
+/* out[i, :] = x[rows[i], :]. */
+cudaError_t tsk_gather_rows(cudaStream_t s, float *out, const float *x, const int32_t *rows,
+                            int n, int dim);
+/* out[i] = x[i] * rsqrt(mean(x[i]^2) + eps) * w, rows of dim. */
+cudaError_t tsk_rmsnorm(cudaStream_t s, float *out, const float *x, const float *w, int m,
+                        int dim, float eps);
+/* As ts_be_rope: in place, pairs (2j, 2j+1) of each head rotated by table[pos[i]][j]. */
+cudaError_t tsk_rope(cudaStream_t s, float *x, int stride, int m, int n_head, int head_dim,
+                     const float *table, const int32_t *pos);
+/* out[i] = silu(a[i]) * b[i] (out may alias a). */
+cudaError_t tsk_swiglu(cudaStream_t s, float *out, const float *a, const float *b, size_t n);
+/* x[i] += y[i]. */
+cudaError_t tsk_add(cudaStream_t s, float *x, const float *y, size_t n);
+/* out[i] = bf16(x[i]), round to nearest even: GEMM operands. */
+cudaError_t tsk_to_bf16(cudaStream_t s, uint16_t *out, const float *x, size_t n);
+/* out[i, j] += bias[j] over an [m, n] row-major matrix. */
+cudaError_t tsk_add_bias_rows(cudaStream_t s, float *out, const float *bias, int m, int n);
+/* out[b, c, i] += bias[c] over [n, c, hw]. */
+cudaError_t tsk_add_bias_channels(cudaStream_t s, float *out, const float *bias, int n, int c,
+                                  int hw);
+/* Cache row slot[i] of kc / vc ([*, kv_dim], bf16 or float if f32) = k / v row i (rows
+ * stride floats apart). */
+cudaError_t tsk_kv_store(cudaStream_t s, void *kc, void *vc, int f32, int kv_dim, const float *k,
+                         const float *v, int stride, const int32_t *slot, int m);
+
+/* ---- attention.cu ---- */
+
+/* One sequence of a batched attention call, as ts_attn_seq without the table pointer:
+ * its block table is row `index` of the tables array. */
+typedef struct tsk_attn_seq {
+    int32_t n_ctx, n_q, q_row, pad;
+} tsk_attn_seq;
+
+/* Causal attention over the paged cache (bf16, or float if f32) for `rows` query rows
+ * (scale 1/sqrt(head_dim), GQA: head h reads kv head h / (n_head / n_kv_head)); row_seq[r] is the
+ * sequence of query row r; tables is [n_seqs][max_blocks]; no n_ctx exceeds max_ctx.
+ * The launch shape depends only on (rows, n_head, head_dim, max_ctx), never on the
+ * contexts, so it can be replayed from a graph as contexts grow. head_dim <= 256. */
+cudaError_t tsk_attention(cudaStream_t s, float *out, const float *q, int q_stride,
+                          const void *kc, const void *vc, int f32, int block_size, int n_kv_head,
+                          int head_dim, int n_head, const int32_t *row_seq,
+                          const tsk_attn_seq *seqs, const int32_t *tables, int max_blocks,
+                          int rows, int max_ctx);
+
+/* ---- sample.cu ---- */
+
+/* One draw, as ts_sample_row with the parameters flattened. */
+typedef struct tsk_sample_row {
+    const float *cond, *uncond;   /* uncond NULL: no CFG combine */
+    float cfg_scale, temperature, top_p;
+    int32_t top_k;
+    double u;
+} tsk_sample_row;
+
+/* Bytes of device workspace tsk_sample needs for n rows over vocab. */
+size_t tsk_sample_workspace(int n, int vocab);
+/* tokens[i] = the draw of rows[i] exactly as engine/sampler.c: CFG combine, divide by
+ * max(temperature, 1e-5), top-k (ties at the k-th value kept), top-p (HF rule, ties by
+ * lower id), softmax, first index whose cumulative probability exceeds u * total. */
+cudaError_t tsk_sample(cudaStream_t s, int32_t *tokens, const tsk_sample_row *rows, int n,
+                       int vocab, void *workspace);
+
+/* ---- vq.cu (convolutional decoder) ---- */
+
+/* col[(ci*k + ky)*k + kx, oy*wo + ox] = in[ci, oy*stride + ky - pad_lo, ox*stride + kx - pad_lo]
+ * (0 outside) for one image [cin, h, w]; col is [cin*k*k, ho*wo], bf16 (float if f32),
+ * the B operand of the convolution's GEMM. */
+cudaError_t tsk_im2col(cudaStream_t s, void *col, int f32, const float *in, int cin, int h,
+                       int w, int k, int stride, int pad_lo, int ho, int wo);
+/* GroupNorm over [n, c, hw] with `groups` groups (statistics in float, two-pass), affine,
+ * then x * sigmoid(x) if swish. out may alias in. */
+cudaError_t tsk_group_norm(cudaStream_t s, float *out, const float *in, const float *gamma,
+                           const float *beta, int n, int c, int hw, int groups, float eps,
+                           int swish);
+/* Nearest x2: out[n, c, 2h, 2w]. */
+cudaError_t tsk_upsample2x(cudaStream_t s, float *out, const float *in, int n, int c, int h,
+                           int w);
+/* In place over rows of x [rows, cols]: x = softmax(x * scale) per row. */
+cudaError_t tsk_softmax_rows(cudaStream_t s, float *x, int rows, int cols, float scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
