@@ -90,8 +90,13 @@ $(BUILD)/gen/web_assets.c: $(WEB_FILES) $(BUILD)/tools/embed_assets
 $(BUILD)/gen/web_assets.o: $(BUILD)/gen/web_assets.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/libtessera.a: $(LIB_OBJ)
-	ar rcs $@ $^
+# A stamp of the CUDA setting, so that switching CUDA=0/1 rebuilds the library.
+CONFIG_STAMP := $(BUILD)/.config-cuda$(CUDA)
+$(CONFIG_STAMP):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.config-cuda* && touch $@
+
+$(BUILD)/libtessera.a: $(LIB_OBJ) $(CONFIG_STAMP)
+	rm -f $@ && ar rcs $@ $(LIB_OBJ)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -26,8 +26,16 @@ BIN = None
 WORK = tempfile.mkdtemp(prefix="tessera_test_cli_")
 
 
+# The device generate runs on: the CPU unless TESSERA_TEST_DEVICE says otherwise, so that a
+# CUDA build on a GPU machine still checks the CPU path here (make test-gpu covers CUDA).
+DEVICE = os.environ.get("TESSERA_TEST_DEVICE") or "cpu"
+
+
 def tessera(*args):
-    p = subprocess.run([BIN] + [str(a) for a in args], stdout=subprocess.PIPE,
+    args = [str(a) for a in args]
+    if args and args[0] == "generate" and "--device" not in args and "--help" not in args:
+        args += ["--device", DEVICE]
+    p = subprocess.run([BIN] + args, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
     return p.returncode, p.stdout, p.stderr
 

@@ -43,6 +43,11 @@ def free_port():
     return port
 
 
+# TESSERA_TEST_DEVICE=cuda runs the whole suite on the GPU (make test-gpu); the CLI
+# reference images are then made on the same device.
+DEVICE_ARGS = ["--device", os.environ["TESSERA_TEST_DEVICE"]] if os.environ.get("TESSERA_TEST_DEVICE") else ["--device", "cpu"]
+
+
 class Server:
     """A `tessera serve` process; stop() checks it exits 0 after SIGTERM."""
 
@@ -52,7 +57,7 @@ class Server:
         e = dict(os.environ)
         e.update(env or {})
         self.proc = subprocess.Popen([BIN, "serve", "--model", model, "--port", str(self.port),
-                                      "--threads", "2"] + [str(a) for a in args],
+                                      "--threads", "2"] + DEVICE_ARGS + [str(a) for a in args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=e)
         if wait:
             self.wait_ready()
@@ -144,7 +149,7 @@ def cli_png(model, cls, seed, n=1, **kw):
     """PNG bytes of the CLI for the same request (image i of n)."""
     out = os.path.join(WORK, "cli-%d-%d.png" % (cls, seed))
     args = [BIN, "generate", "--model", model, "--class", str(cls), "--seed", str(seed),
-            "--n", str(n), "--out", out, "--quiet", "--threads", "2"]
+            "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
     for k, v in kw.items():
         args += ["--" + k.replace("_", "-"), str(v)]
     subprocess.run(args, check=True)

@@ -52,6 +52,14 @@ cudaError_t tsk_add_bias_channels(cudaStream_t s, float *out, const float *bias,
 cudaError_t tsk_kv_store(cudaStream_t s, void *kc, void *vc, int f32, int kv_dim, const float *k,
                          const float *v, int stride, const int32_t *slot, int m);
 
+/* ---- gemm_rows.cu ---- */
+
+/* out[m, n_out] = x[m, n_in] . w[n_out, n_in]^T, x and w both bf16 (both float if f32),
+ * fp32 accumulation, each output in an order that does not depend on m (batch
+ * invariance; see the file). For the few rows of a decode step. */
+cudaError_t tsk_gemm_rows(cudaStream_t s, float *out, const void *x, const void *w, int f32,
+                          int m, int n_out, int n_in);
+
 /* ---- attention.cu ---- */
 
 /* One sequence of a batched attention call, as ts_attn_seq without the table pointer:

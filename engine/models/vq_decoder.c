@@ -224,9 +224,19 @@ static void attn_free(ts_backend *be, vq_attn *a)
     conv_free(be, &a->proj_out);
 }
 
+static void free_bufs(vq_decoder *d)
+{
+    for (int i = 0; i < 4; i++) {
+        ts_be_free(d->be, d->bufs[i]);
+        d->bufs[i] = NULL;
+    }
+    d->bufs_floats = 0;
+}
+
 void vq_decoder_free(vq_decoder *d)
 {
     if (!d) return;
+    free_bufs(d);
     ts_backend *be = d->be;
     free(d->codebook);
     conv_free(be, &d->post_quant_conv);
@@ -375,12 +385,17 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
     if (act < (size_t)c->embed_dim * hw) act = (size_t)c->embed_dim * hw;
     int H = grid * c->downsample, W = H;
     size_t npix = (size_t)H * W;
-    vq_bufs B = {ts_be_alloc(d->be, act), ts_be_alloc(d->be, act), ts_be_alloc(d->be, act),
-                 ts_be_alloc(d->be, act)};
+    if (act > d->bufs_floats) {
+        free_bufs(d);
+        for (int i = 0; i < 4; i++) d->bufs[i] = ts_be_alloc(d->be, act);
+        d->bufs_floats = act;
+    }
+    vq_bufs B = {d->bufs[0], d->bufs[1], d->bufs[2], d->bufs[3]};
     float *host_z = malloc((size_t)c->embed_dim * hw * sizeof *host_z);
     float *host_out = malloc(3 * npix * sizeof *host_out);
     int rc = TS_OK;
     if (!B.a || !B.b || !B.t1 || !B.t2 || !host_z || !host_out) {
+        free_bufs(d);
         rc = ts_fail(err, TS_ERR_NOMEM, "vq_decode: out of memory for %zu MiB of activations",
                      4 * act * sizeof(float) >> 20);
         goto done;
@@ -395,10 +410,6 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
             for (int ch = 0; ch < 3; ch++) dst[p * 3 + ch] = vq_to_u8(host_out[ch * npix + p]);
     }
 done:
-    ts_be_free(d->be, B.a);
-    ts_be_free(d->be, B.b);
-    ts_be_free(d->be, B.t1);
-    ts_be_free(d->be, B.t2);
     free(host_z);
     free(host_out);
     return rc;

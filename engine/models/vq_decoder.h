@@ -70,6 +70,11 @@ typedef struct vq_decoder {
     vq_level levels[VQ_MAX_LEVELS];
     vq_norm norm_out;
     size_t max_act;          /* floats of the largest activation of one image */
+    /* Activation buffers (backend memory), kept between calls: a GPU allocation and
+     * its free (which waits for the device) per decode would cost more than small
+     * decodes take. Grown on demand, freed with the decoder. */
+    float *bufs[4];
+    size_t bufs_floats;
 } vq_decoder;
 
 int vq_config_parse(const json_t *vq, vq_config *cfg, ts_error *err);
@@ -82,6 +87,7 @@ void vq_decoder_free(vq_decoder *d);   /* NULL-safe */
 #define VQ_CODE_UNKNOWN (-1)
 
 /* Decodes n images of grid x grid codes each (raster order) into rgb (host),
+ * reusing the decoder's activation buffers (so not concurrently with itself),
  * n * (grid*ds) * (grid*ds) * 3 bytes, HWC. If pixels is non-NULL it also receives the
  * decoder's float output [n, 3, H, W] before the 8-bit mapping. */
 int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb,

@@ -331,7 +331,8 @@ def test_engine_generate(tessera):
         png_path = os.path.join(WORK, "img_%d.png" % cls)
         p = subprocess.run([tessera, "generate", "--model", model, "--class", str(cls),
                             "--seed", "0", "--top-k", "1", "--cfg", "4.0",
-                            "--tokens-out", tok_path, "--out", png_path],
+                            "--tokens-out", tok_path, "--out", png_path,
+                            "--device", os.environ.get("TESSERA_TEST_DEVICE") or "cpu"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert p.returncode == 0, "tessera generate failed (%d):\n%s" % (p.returncode, p.stdout)
         with open(tok_path) as f:
