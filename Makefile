@@ -71,7 +71,7 @@ WEB_FILES  := $(sort $(wildcard web/*.html web/*.js web/*.css web/*.png web/*.sv
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-c test-python test-web clean run sample format
+.PHONY: all test test-c test-python test-web test-gpu clean run sample format
 
 all: $(BUILD)/tessera
 
@@ -121,6 +121,12 @@ test-python: $(BUILD)/tessera
 	$(PYTHON) tests/test_cli.py $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
+
+# On a machine with an NVIDIA GPU: the CUDA kernels against the CPU backend, then the
+# server's whole suite with --device cuda (both say so and skip the GPU parts without one).
+test-gpu: $(BUILD)/tests/test_cuda $(BUILD)/tessera
+	./$(BUILD)/tests/test_cuda
+	TESSERA_TEST_DEVICE=cuda $(PYTHON) tests/test_server.py $(BUILD)/tessera
 
 # The web page in headless Chromium and the official OpenAI Node SDK, against the real server.
 test-web: $(BUILD)/tessera
