@@ -11,10 +11,11 @@
  *  3. top-p: the finite logits sorted by (value descending, id ascending) with a bitonic
  *     sort of 64-bit keys (in shared memory when they fit, else in the workspace with
  *     shared-memory passes for the short strides), softmax over that order, and the
- *     HF rule on the exclusive cumulative sum. The sums are chunked per thread and
- *     combined by a block scan, so they may round differently from the CPU's
- *     sequential float sums (expf differs from glibc's by an ulp here and there anyway);
- *  4. softmax over the whole vocabulary and the draw: a double prefix sum over
+ *     HF rule on the exclusive cumulative sum. One warp adds in sorted order, one float
+ *     addition at a time as the CPU does, so only expf (within an ulp or two of glibc's)
+ *     can move the cut-off;
+ *  4. softmax over the whole vocabulary (a block-wide float sum, which may round
+ *     differently from the CPU's sequential one) and the draw: a double prefix sum over
  *     ascending ids and the smallest id whose cumulative probability exceeds u * total,
  *     else the last id with a positive probability, as ts_sample_draw.
  * Greedy decoding (top_k == 1) is exact: the select finds the maximum bit for bit, every
@@ -247,13 +248,19 @@ static __device__ void bitonic_sort(u64 *keys, int p, u64 *stage)
 
 /* ------------------------------------------------------------------ top-p */
 
+/* The float exp(l - mx) stored in the high half of sorted key i (0 past the end). */
+static __device__ __forceinline__ float exp_at(const u64 *keys, int m, int i)
+{
+    return i < m ? __uint_as_float((uint32_t)(keys[i] >> 32)) : 0.0f;
+}
+
 /* ts_sample_probs's top-p block over l[0..vocab) in place: the finite logits (CPU:
  * `!= -INFINITY`) sorted, softmax in that order, and the token at sorted position j > 0
  * removed when the probability before it already exceeds top_p. */
 static __device__ void top_p_filter(float *l, int vocab, float top_p, u64 *g_keys,
-                                    u64 *s_keys, union red_scratch *red)
+                                    u64 *s_keys)
 {
-    __shared__ int s_count;
+    __shared__ int s_count, s_cut;
     const int tid = threadIdx.x, lane = tid & 31;
 
     /* count first, so the keys can go to shared memory when they fit */
@@ -283,27 +290,51 @@ static __device__ void top_p_filter(float *l, int vocab, float top_p, u64 *g_key
     __syncthreads();
     bitonic_sort(keys, p, s_keys);
 
-    /* Softmax over the sorted list. Its maximum is the first entry (never removed, so
-     * reading it here races with no write below). Each thread owns a contiguous run
-     * of sorted positions, summed in order, and the runs are combined by a scan. */
+    /* Softmax over the sorted list: its maximum is the first entry. The key's value
+     * half is no longer needed, so it now holds exp(l - mx) as float bits. */
     const float mx = l[(uint32_t)keys[0]];
-    const int per = (m + NT - 1) / NT, lo = tid * per < m ? tid * per : m;
-    const int hi = lo + per < m ? lo + per : m;
-    float s = 0.0f, sum;
-    for (int i = lo; i < hi; i++) s = __fadd_rn(s, expf(l[(uint32_t)keys[i]] - mx));
-    block_exclusive_scan(s, &sum, red->f);
-
-    float q = 0.0f, ignore;
-    for (int i = lo; i < hi; i++)
-        q = __fadd_rn(q, __fdiv_rn(expf(l[(uint32_t)keys[i]] - mx), sum));
-    float cum = block_exclusive_scan(q, &ignore, red->f);
-    for (int i = lo; i < hi; i++) {
+    for (int i = tid; i < m; i += NT) {
         uint32_t id = (uint32_t)keys[i];
-        float pr = __fdiv_rn(expf(l[id] - mx), sum);
-        /* removed[i] = cumsum[i-1] > top_p: the token that crosses stays */
-        if (i > 0 && cum > top_p) l[id] = -INFINITY;
-        cum = __fadd_rn(cum, pr);
+        keys[i] = ((u64)__float_as_uint(expf(l[id] - mx)) << 32) | id;
     }
+    __syncthreads();
+
+    /* The sum and the cumulative sum are float additions in sorted order, one at a time
+     * as on the CPU, so the cut-off matches it bit for bit (ties in particular: equal
+     * probabilities cross top_p at exactly the CPU's position). Warp 0 does them: each
+     * lane loads one of 32 consecutive entries (the next 32 are loaded before the
+     * current ones are added), and every lane adds all 32 in order via shuffles, so the
+     * lanes agree on the sum, the cut and the control flow. Padding adds +0.0, which
+     * leaves a sum of non-negative values unchanged. */
+    if ((tid >> 5) == 0) {
+        float sum = 0.0f;
+        float cur = exp_at(keys, m, lane);
+        for (int base = 0; base < m; base += 32) {
+            float nxt = exp_at(keys, m, base + 32 + lane);
+#pragma unroll
+            for (int i = 0; i < 32; i++) sum = __fadd_rn(sum, __shfl_sync(FULL_MASK, cur, i));
+            cur = nxt;
+        }
+        /* removed[i] = cumsum[i-1] > top_p: the token that crosses stays. The cumulative
+         * sum never decreases, so the removed positions are a suffix [cut, m). */
+        float cum = 0.0f;
+        int cut = m;
+        cur = __fdiv_rn(exp_at(keys, m, lane), sum);
+        for (int base = 0; base < m && cut == m; base += 32) {
+            float nxt = __fdiv_rn(exp_at(keys, m, base + 32 + lane), sum);
+#pragma unroll
+            for (int i = 0; i < 32; i++) {
+                float pr = __shfl_sync(FULL_MASK, cur, i);
+                if (cut == m && base + i > 0 && base + i < m && cum > top_p) cut = base + i;
+                cum = __fadd_rn(cum, pr);
+            }
+            cur = nxt;
+        }
+        if (lane == 0) s_cut = cut;
+    }
+    __syncthreads();
+    const int cut = s_cut;
+    for (int i = cut + tid; i < m; i += NT) l[(uint32_t)keys[i]] = -INFINITY;
 }
 
 /* ------------------------------------------------------------------ kernel */
@@ -343,7 +374,7 @@ sample_kernel(int32_t *tokens, const tsk_sample_row *rows, int vocab, unsigned c
     }
 
     if (r.top_p < 1.0f) {
-        top_p_filter(l, vocab, r.top_p, g_keys, s_keys, &s_red);
+        top_p_filter(l, vocab, r.top_p, g_keys, s_keys);
         __syncthreads();
     }
 
