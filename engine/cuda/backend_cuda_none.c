@@ -6,7 +6,7 @@ ts_backend *ts_backend_cuda_create(int device, int fp32, ts_error *err)
 {
     (void)device;
     (void)fp32;
-    ts_fail(err, TS_ERR_UNSUPPORTED, "this build has no CUDA backend (nvcc was not found when "
-            "it was built)");
+    ts_fail(err, TS_ERR_UNSUPPORTED, "this build has no CUDA backend (built without nvcc, or "
+            "with CUDA=0 as the sanitizer build is)");
     return NULL;
 }

@@ -424,9 +424,12 @@ sample_kernel(int32_t *tokens, const tsk_sample_row *rows, int vocab, unsigned c
 
 /* ------------------------------------------------------------------ launchers */
 
+/* Vocabularies up to 1 << 30 (next_pow2 and the sort positions stay within int). */
+#define MAX_VOCAB (1 << 30)
+
 extern "C" size_t tsk_sample_workspace(int n, int vocab)
 {
-    if (n <= 0 || vocab <= 0) return 0;
+    if (n <= 0 || vocab <= 0 || vocab > MAX_VOCAB) return 0;
     return (size_t)n * row_bytes(vocab);
 }
 
@@ -434,7 +437,7 @@ extern "C" cudaError_t tsk_sample(cudaStream_t s, int32_t *tokens, const tsk_sam
                                   int n, int vocab, void *workspace)
 {
     if (n <= 0) return cudaSuccess;
-    if (vocab <= 0 || vocab > (1 << 30)) return cudaErrorInvalidValue;
+    if (vocab <= 0 || vocab > MAX_VOCAB) return cudaErrorInvalidValue;
     sample_kernel<<<n, NT, 0, s>>>(tokens, rows, vocab, (unsigned char *)workspace,
                                    row_bytes(vocab));
     return cudaGetLastError();
