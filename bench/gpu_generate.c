@@ -39,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/numparse.h"
 #include "engine/backend.h"
 #include "engine/generate.h"
 #include "engine/model.h"
@@ -63,26 +64,6 @@ static void usage(FILE *f)
             "                    [--seed 0] [--cfg 4] [--top-k 2000] [--top-p 1] [--temperature 1]\n"
             "                    [--warmup 1] [--runs 3] [--decode-runs 3] [--tokens-out FILE]\n"
             "                    [--json FILE] [--threads N]\n");
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
 }
 
 static int parse_args(int argc, char **argv, opts *o)
@@ -117,24 +98,24 @@ static int parse_args(int argc, char **argv, opts *o)
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_DEVICE: o->device = optarg; break;
-        case O_CLASS: if (parse_long(optarg, 0, 1 << 24, &v)) bad = "--class"; else o->cls = (int)v; break;
-        case O_N: if (parse_long(optarg, 1, 1024, &v)) bad = "--n"; else o->n = (int)v; break;
-        case O_SEED: if (parse_long(optarg, 0, 1L << 62, &v)) bad = "--seed"; else o->p.seed = (uint64_t)v; break;
-        case O_CFG: if (parse_float(optarg, &o->p.cfg_scale)) bad = "--cfg"; break;
-        case O_TOPK: if (parse_long(optarg, 0, 1 << 24, &v)) bad = "--top-k"; else o->p.sample.top_k = (int)v; break;
+        case O_CLASS: if (ts_parse_long(optarg, 0, 1 << 24, &v)) bad = "--class"; else o->cls = (int)v; break;
+        case O_N: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--n"; else o->n = (int)v; break;
+        case O_SEED: if (ts_parse_long(optarg, 0, 1L << 62, &v)) bad = "--seed"; else o->p.seed = (uint64_t)v; break;
+        case O_CFG: if (ts_parse_float(optarg, &o->p.cfg_scale)) bad = "--cfg"; break;
+        case O_TOPK: if (ts_parse_long(optarg, 0, 1 << 24, &v)) bad = "--top-k"; else o->p.sample.top_k = (int)v; break;
         case O_TOPP:
-            if (parse_float(optarg, &o->p.sample.top_p) || o->p.sample.top_p <= 0 || o->p.sample.top_p > 1)
+            if (ts_parse_float(optarg, &o->p.sample.top_p) || o->p.sample.top_p <= 0 || o->p.sample.top_p > 1)
                 bad = "--top-p";
             break;
         case O_TEMP:
-            if (parse_float(optarg, &o->p.sample.temperature) || o->p.sample.temperature < 0) bad = "--temperature";
+            if (ts_parse_float(optarg, &o->p.sample.temperature) || o->p.sample.temperature < 0) bad = "--temperature";
             break;
-        case O_WARMUP: if (parse_long(optarg, 0, 100, &v)) bad = "--warmup"; else o->warmup = (int)v; break;
-        case O_RUNS: if (parse_long(optarg, 1, 1000, &v)) bad = "--runs"; else o->runs = (int)v; break;
-        case O_DRUNS: if (parse_long(optarg, 0, 1000, &v)) bad = "--decode-runs"; else o->decode_runs = (int)v; break;
+        case O_WARMUP: if (ts_parse_long(optarg, 0, 100, &v)) bad = "--warmup"; else o->warmup = (int)v; break;
+        case O_RUNS: if (ts_parse_long(optarg, 1, 1000, &v)) bad = "--runs"; else o->runs = (int)v; break;
+        case O_DRUNS: if (ts_parse_long(optarg, 0, 1000, &v)) bad = "--decode-runs"; else o->decode_runs = (int)v; break;
         case O_TOK: o->tokens_out = optarg; break;
         case O_JSON: o->json = optarg; break;
-        case O_THREADS: if (parse_long(optarg, 1, 256, &v)) bad = "--threads"; else o->threads = (int)v; break;
+        case O_THREADS: if (ts_parse_long(optarg, 1, 256, &v)) bad = "--threads"; else o->threads = (int)v; break;
         case O_HELP: usage(stdout); exit(0);
         default:
             fprintf(stderr, "gpu_generate: unknown or incomplete option '%s'\n", argv[optind - 1]);

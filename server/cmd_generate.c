@@ -12,6 +12,7 @@
 
 #include "api/png_encode.h"
 #include "cli.h"
+#include "api/numparse.h"
 #include "engine/generate.h"
 #include "engine/model.h"
 
@@ -54,26 +55,6 @@ static void usage(FILE *f)
         "  --help               this text\n");
 }
 
-static int parse_int(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_classes(const char *s, gen_opts *o)
 {
     char *copy = strdup(s), *save = NULL;
@@ -81,7 +62,7 @@ static int parse_classes(const char *s, gen_opts *o)
     o->n_classes = 0;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         long v;
-        if (o->n_classes >= MAX_IMAGES || parse_int(tok, 0, 1 << 24, &v)) {
+        if (o->n_classes >= MAX_IMAGES || ts_parse_long(tok, 0, 1 << 24, &v)) {
             free(copy);
             return -1;
         }
@@ -119,7 +100,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_CLASS: if (parse_classes(optarg, o)) bad = "--class"; break;
-        case O_N: if (parse_int(optarg, 1, MAX_IMAGES, &v)) bad = "--n"; else o->n_per_class = (int)v; break;
+        case O_N: if (ts_parse_long(optarg, 1, MAX_IMAGES, &v)) bad = "--n"; else o->n_per_class = (int)v; break;
         case O_SEED: {
             char *end;
             errno = 0;
@@ -128,22 +109,22 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             else o->p.seed = s;
             break;
         }
-        case O_CFG: if (parse_float(optarg, &o->p.cfg_scale)) bad = "--cfg"; break;
+        case O_CFG: if (ts_parse_float(optarg, &o->p.cfg_scale)) bad = "--cfg"; break;
         case O_CFGI:
-            if (parse_float(optarg, &o->p.cfg_interval) || o->p.cfg_interval < -1.0f) bad = "--cfg-interval";
+            if (ts_parse_float(optarg, &o->p.cfg_interval) || o->p.cfg_interval < -1.0f) bad = "--cfg-interval";
             break;
-        case O_TOPK: if (parse_int(optarg, 0, 1 << 24, &v)) bad = "--top-k"; else o->p.sample.top_k = (int)v; break;
+        case O_TOPK: if (ts_parse_long(optarg, 0, 1 << 24, &v)) bad = "--top-k"; else o->p.sample.top_k = (int)v; break;
         case O_TOPP:
-            if (parse_float(optarg, &o->p.sample.top_p) || o->p.sample.top_p <= 0.0f || o->p.sample.top_p > 1.0f)
+            if (ts_parse_float(optarg, &o->p.sample.top_p) || o->p.sample.top_p <= 0.0f || o->p.sample.top_p > 1.0f)
                 bad = "--top-p";
             break;
         case O_TEMP:
-            if (parse_float(optarg, &o->p.sample.temperature) || o->p.sample.temperature < 0.0f)
+            if (ts_parse_float(optarg, &o->p.sample.temperature) || o->p.sample.temperature < 0.0f)
                 bad = "--temperature";
             break;
         case O_OUT: o->out = optarg; break;
         case O_TOK: o->tokens_out = optarg; break;
-        case O_THREADS: if (parse_int(optarg, 1, 256, &v)) bad = "--threads"; else o->threads = (int)v; break;
+        case O_THREADS: if (ts_parse_long(optarg, 1, 256, &v)) bad = "--threads"; else o->threads = (int)v; break;
         case O_DEVICE: o->device = optarg; break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: usage(stdout); exit(0);

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/numparse.h"
 #include "cli.h"
 #include "server.h"
 
@@ -49,16 +50,6 @@ static void usage(FILE *f)
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
         "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
         "  --max-connections N  concurrent HTTP connections (default 1024)\n");
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
 }
 
 static int parse_bytes(const char *s, size_t *out)
@@ -238,19 +229,19 @@ int cmd_serve(int argc, char **argv)
         switch (c) {
         case O_MODEL: o.model_dir = optarg; break;
         case O_HOST: o.host = optarg; break;
-        case O_PORT: if (parse_long(optarg, 0, 65535, &v)) bad = "--port"; else o.port = (int)v; break;
-        case O_BATCH: if (parse_long(optarg, 1, 1024, &v)) bad = "--max-batch"; else o.max_batch = (int)v; break;
+        case O_PORT: if (ts_parse_long(optarg, 0, 65535, &v)) bad = "--port"; else o.port = (int)v; break;
+        case O_BATCH: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--max-batch"; else o.max_batch = (int)v; break;
         case O_KV: if (parse_bytes(optarg, &o.kv_memory)) bad = "--kv-memory"; break;
-        case O_QUEUE: if (parse_long(optarg, 0, 1000000, &v)) bad = "--queue-limit"; else o.queue_limit = (int)v; break;
+        case O_QUEUE: if (ts_parse_long(optarg, 0, 1000000, &v)) bad = "--queue-limit"; else o.queue_limit = (int)v; break;
         case O_KEYS: o.api_key_file = optarg; break;
-        case O_PREVIEW: if (parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
-        case O_THREADS: if (parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
+        case O_PREVIEW: if (ts_parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
+        case O_THREADS: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
         case O_DEVICE:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "cuda-fp32") &&
                 strcmp(optarg, "auto")) bad = "--device";
             else o.device = optarg;
             break;
-        case O_TTL: if (parse_long(optarg, 1, 86400 * 7, &v)) bad = "--job-ttl"; else o.job_ttl = (int)v; break;
+        case O_TTL: if (ts_parse_long(optarg, 1, 86400 * 7, &v)) bad = "--job-ttl"; else o.job_ttl = (int)v; break;
         case O_PING: {
             char *end;
             double d = strtod(optarg, &end);
@@ -258,7 +249,7 @@ int cmd_serve(int argc, char **argv)
             else o.sse_ping = d;
             break;
         }
-        case O_CONNS: if (parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
+        case O_CONNS: if (ts_parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
         case O_HELP: usage(stdout); return 0;
         default:
             fprintf(stderr, "tessera serve: unknown or incomplete option '%s'\n\n", argv[optind - 1]);
