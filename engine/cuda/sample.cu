@@ -163,15 +163,22 @@ static __device__ float kth_largest(const float *l, int vocab, int k, int *hist,
 {
     __shared__ uint32_t s_digit;
     __shared__ int s_krem;
-    const int tid = threadIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31;
     uint32_t prefix = 0, mask = 0;
     int krem = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
         if (tid < 256) hist[tid] = 0;
         __syncthreads();
-        for (int j = tid; j < vocab; j += NT) {
-            uint32_t key = order_key(l[j]);
-            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        /* Logits crowd into a few bins (most share their leading key byte), so lanes
+         * with the same digit pool their counts and one of them adds: one shared atomic
+         * per digit per warp, not a 32-way collision. */
+        for (int base = 0; base < vocab; base += NT) {
+            int j = base + tid;
+            uint32_t key = j < vocab ? order_key(l[j]) : 0u;
+            bool cand = j < vocab && (key & mask) == prefix;
+            uint32_t digit = cand ? (key >> shift) & 255u : 256u;   /* 256: not counted */
+            uint32_t peers = __match_any_sync(FULL_MASK, digit);
+            if (cand && __ffs(peers) - 1 == lane) atomicAdd(&hist[digit], __popc(peers));
         }
         __syncthreads();
         /* Thread d looks at digit 255 - d, so the exclusive scan counts the candidates
@@ -293,6 +300,7 @@ static __device__ void top_p_filter(float *l, int vocab, float top_p, u64 *g_key
     /* Softmax over the sorted list: its maximum is the first entry. The key's value
      * half is no longer needed, so it now holds exp(l - mx) as float bits. */
     const float mx = l[(uint32_t)keys[0]];
+    __syncthreads();   /* everyone has read keys[0] before thread 0 rewrites it */
     for (int i = tid; i < m; i += NT) {
         uint32_t id = (uint32_t)keys[i];
         keys[i] = ((u64)__float_as_uint(expf(l[id] - mx)) << 32) | id;
