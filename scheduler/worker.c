@@ -187,17 +187,28 @@ static void unload(ts_worker *w)
     w->be = NULL;
 }
 
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Test hooks, read from the environment: a test of the loading state or of a long
+ * queue wait cannot rely on the machine being slow enough to observe it. */
+static long test_delay_ms(const char *name)
+{
+    const char *v = getenv(name);
+    long ms = v ? atol(v) : 0;
+    return ms > 0 && ms < 600000 ? ms : 0;
+}
+
 static void *run(void *arg)
 {
     ts_worker *w = arg;
     ts_error err = {0};
-    /* For tests of the loading state (a real model folder loads too fast to observe). */
-    const char *delay = getenv("TESSERA_TEST_LOAD_DELAY_MS");
-    if (delay) {
-        long ms = atol(delay);
-        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    long load_delay = test_delay_ms("TESSERA_TEST_LOAD_DELAY_MS");
+    long step_delay = test_delay_ms("TESSERA_TEST_STEP_DELAY_MS");
+    if (load_delay) sleep_ms(load_delay);
     if (load(w, &err)) {
         unload(w);
         snprintf(w->error, sizeof w->error, "%s", err.msg);
@@ -248,6 +259,7 @@ static void *run(void *arg)
             free(cancels);
             cancels = next;
         }
+        if (step_delay && ts_sched_busy(w->sched)) sleep_ms(step_delay);
         double t0 = now_seconds();
         if (ts_sched_step(w->sched, &err)) {
             fprintf(stderr, "tessera: scheduler failure: %s\n", err.msg);
