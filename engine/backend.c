@@ -160,3 +160,41 @@ void ts_be_spatial_attention(ts_backend *be, float *out, const float *q, const f
 {
     be->ops->spatial_attention(be, out, q, k, v, n, c, hw);
 }
+
+void ts_be_layernorm(ts_backend *be, float *out, const float *x, const float *w,
+                     const float *b, int m, int dim, float eps)
+{
+    if (m > 0) be->ops->layernorm(be, out, x, w, b, m, dim, eps);
+}
+void ts_be_activation(ts_backend *be, float *out, const float *x, size_t n, ts_act act)
+{
+    if (n > 0) be->ops->activation(be, out, x, n, act);
+}
+void ts_be_modulate(ts_backend *be, float *out, const float *x, const float *shift,
+                    const float *scale, int mod_stride, int m, int dim, int rows_per_item)
+{
+    if (m > 0) be->ops->modulate(be, out, x, shift, scale, mod_stride, m, dim, rows_per_item);
+}
+void ts_be_gated_add(ts_backend *be, float *x, const float *y, const float *gate,
+                     int mod_stride, int m, int dim, int rows_per_item)
+{
+    if (m > 0) be->ops->gated_add(be, x, y, gate, mod_stride, m, dim, rows_per_item);
+}
+void ts_be_scatter_add_rows(ts_backend *be, float *x, const float *y, const int32_t *rows,
+                            int n, int dim)
+{
+    if (n > 0) be->ops->scatter_add_rows(be, x, y, rows, n, dim);
+}
+void ts_be_attention_dense(ts_backend *be, float *out, const float *q, const float *k,
+                           const float *v, int stride, int n_head, int head_dim,
+                           const int32_t *rows, int n_seq, int seq_len, int causal)
+{
+    if (n_seq > 0 && seq_len > 0)
+        be->ops->attention_dense(be, out, q, k, v, stride, n_head, head_dim, rows, n_seq,
+                                 seq_len, causal);
+}
+void ts_be_masked_pick(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
+                       int n, int n_pos, int vocab)
+{
+    if (n > 0) be->ops->masked_pick(be, ids, logit, rows, n, n_pos, vocab);
+}

@@ -152,6 +152,56 @@ void ts_be_attention(ts_backend *be, float *out, const float *q, int q_stride,
  * The result is on the host when the call returns (a GPU backend syncs here, once). */
 void ts_be_sample(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n, int vocab);
 
+/* ---- ViT / MM-DiT ops (CLIP text tower, MaskGen, TA-TiTok) ---- */
+typedef enum ts_act {
+    TS_ACT_GELU,         /* exact: x * Phi(x) with erf */
+    TS_ACT_GELU_TANH,    /* the tanh approximation (diffusers "gelu-approximate") */
+    TS_ACT_QUICK_GELU,   /* x * sigmoid(1.702 x), OpenAI CLIP */
+    TS_ACT_SILU,         /* x * sigmoid(x) */
+} ts_act;
+
+/* out[i] = (x[i] - mean) / sqrt(var + eps) (* w + b when w, b are non-NULL; either may
+ * be NULL alone) over rows of length dim; biased variance as torch. May alias. */
+void ts_be_layernorm(ts_backend *be, float *out, const float *x, const float *w,
+                     const float *b, int m, int dim, float eps);
+/* out[i] = act(x[i]); may alias. */
+void ts_be_activation(ts_backend *be, float *out, const float *x, size_t n, ts_act act);
+/* adaLN: row r of [m, dim] belongs to item j = r / rows_per_item, whose shift and scale
+ * vectors (dim floats each) start at shift + j * mod_stride and scale + j * mod_stride;
+ * out[r] = x[r] * (1 + scale_j) + shift_j. shift may be NULL (no shift). May alias. */
+void ts_be_modulate(ts_backend *be, float *out, const float *x, const float *shift,
+                    const float *scale, int mod_stride, int m, int dim, int rows_per_item);
+/* x[r] += gate_j * y[r], gate_j at gate + j * mod_stride as in ts_be_modulate. */
+void ts_be_gated_add(ts_backend *be, float *x, const float *y, const float *gate,
+                     int mod_stride, int m, int dim, int rows_per_item);
+/* x[rows[i], :] += y[i, :] for i < n (rows distinct). */
+void ts_be_scatter_add_rows(ts_backend *be, float *x, const float *y, const int32_t *rows,
+                            int n, int dim);
+/* Attention within each of n_seq sequences of seq_len positions, no cache: position p
+ * of sequence s lives in buffer row r = rows[s * seq_len + p] (rows NULL: r = s *
+ * seq_len + p) of q, k and v (row stride `stride` floats, head h in columns
+ * [h*head_dim, (h+1)*head_dim)) and of out (row stride n_head*head_dim). causal: p
+ * attends to positions <= p only. Scale 1/sqrt(head_dim). out must not alias q, k, v. */
+void ts_be_attention_dense(ts_backend *be, float *out, const float *q, const float *k,
+                           const float *v, int stride, int n_head, int head_dim,
+                           const int32_t *rows, int n_seq, int seq_len, int causal);
+
+/* One image's token picks in a masked-decoding step (ts_be_masked_pick). */
+typedef struct ts_masked_row {
+    const float *cond;      /* backend memory, [n_pos][vocab] logits */
+    const float *uncond;    /* backend memory, [n_pos][vocab], or NULL: no guidance */
+    float guidance;         /* l = cond + (cond - uncond) * guidance (MaskGen's form) */
+    float softmax_temp;     /* then l /= softmax_temp */
+    float noise_temp;       /* pick = argmax_v(l[v] + noise_temp * g[v]); 0: no noise */
+    uint64_t seed;          /* g[v]: ts_rng_gumbel_f(seed, image, step, */
+    uint32_t image, step;   /*   TS_RNG_MASK_TOKEN, p * vocab + v) */
+} ts_masked_row;
+/* For row i and position p: ids[i*n_pos + p] = the pick (the lowest index among equal
+ * maxima) and logit[i*n_pos + p] = l[pick] (the scaled logit, without noise). Host
+ * outputs, ready when the call returns (a GPU backend syncs here, once). */
+void ts_be_masked_pick(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
+                       int n, int n_pos, int vocab);
+
 /* ---- convolutional ops (NCHW, float) ---- */
 /* out[n, cout, ho, wo] = conv(in[n, cin, h, w], W[cout, cin, k, k]) + bias, with zero
  * padding pad_lo before and pad_hi after each spatial axis. */

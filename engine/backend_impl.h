@@ -40,6 +40,21 @@ typedef struct ts_backend_ops {
                       int max_ctx);
     void (*sample)(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n, int vocab);
 
+    void (*layernorm)(ts_backend *be, float *out, const float *x, const float *w,
+                      const float *b, int m, int dim, float eps);
+    void (*activation)(ts_backend *be, float *out, const float *x, size_t n, ts_act act);
+    void (*modulate)(ts_backend *be, float *out, const float *x, const float *shift,
+                     const float *scale, int mod_stride, int m, int dim, int rows_per_item);
+    void (*gated_add)(ts_backend *be, float *x, const float *y, const float *gate,
+                      int mod_stride, int m, int dim, int rows_per_item);
+    void (*scatter_add_rows)(ts_backend *be, float *x, const float *y, const int32_t *rows,
+                             int n, int dim);
+    void (*attention_dense)(ts_backend *be, float *out, const float *q, const float *k,
+                            const float *v, int stride, int n_head, int head_dim,
+                            const int32_t *rows, int n_seq, int seq_len, int causal);
+    void (*masked_pick)(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
+                        int n, int n_pos, int vocab);
+
     void (*conv2d)(ts_backend *be, float *out, const float *in, const ts_wt *w,
                    const float *bias, int n, int cin, int h, int wd, int k, int stride,
                    int pad_lo, int pad_hi);

@@ -1,6 +1,8 @@
 /* philox.c - Philox4x32-10 (Salmon et al., SC'11), the standard constants. */
 #include "philox.h"
 
+#include <math.h>
+
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
@@ -38,4 +40,15 @@ double ts_rng_uniform(uint64_t seed, uint32_t image, uint32_t step, uint32_t str
     ts_philox4x32(ctr, key, r);
     uint64_t bits = ((uint64_t)r[0] << 21) ^ (r[1] >> 11);   /* 53 bits */
     return (double)(bits & ((1ull << 53) - 1)) * (1.0 / 9007199254740992.0);
+}
+
+float ts_rng_gumbel_f(uint64_t seed, uint32_t image, uint32_t step, uint32_t stream,
+                      uint32_t index)
+{
+    uint32_t ctr[4] = {image, step, stream, index / 4};
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    uint32_t r[4];
+    ts_philox4x32(ctr, key, r);
+    float u = ((float)(r[index % 4] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    return -logf(-logf(u));
 }
