@@ -7,20 +7,29 @@
 
 #include "config.h"
 
-/* Opens the safetensors file that section.file names, inside dir. */
-static int open_weights(const char *dir, const json_t *section, const char *sname,
-                        ts_st_file **out, ts_error *err)
+int ts_model_file_path(const char *dir, const json_t *section, const char *sname,
+                       const char *key, char **out, ts_error *err)
 {
     const char *file;
-    int rc = ts_json_string(section, sname, "file", &file, err);
+    *out = NULL;
+    int rc = ts_json_string(section, sname, key, &file, err);
     if (rc) return rc;
     if (!file[0] || strchr(file, '/') || strcmp(file, "..") == 0 || strcmp(file, ".") == 0)
-        return ts_fail(err, TS_ERR_CONFIG, "config: %s.file \"%s\" must be a file name inside "
-                       "the model folder", sname, file);
+        return ts_fail(err, TS_ERR_CONFIG, "config: %s.%s \"%s\" must be a file name inside "
+                       "the model folder", sname, key, file);
     size_t len = strlen(dir) + strlen(file) + 2;
-    char *path = malloc(len);
-    if (!path) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
-    snprintf(path, len, "%s/%s", dir, file);
+    *out = malloc(len);
+    if (!*out) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    snprintf(*out, len, "%s/%s", dir, file);
+    return TS_OK;
+}
+
+int ts_model_open_weights(const char *dir, const json_t *section, const char *sname,
+                          ts_st_file **out, ts_error *err)
+{
+    char *path;
+    int rc = ts_model_file_path(dir, section, sname, "file", &path, err);
+    if (rc) return rc;
     rc = ts_st_open(path, out, err);
     free(path);
     return rc;
@@ -60,10 +69,24 @@ int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err
         rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
         goto fail;
     }
+    if (strcmp(family, "maskgen") == 0) {
+        m->family = TS_FAMILY_MASKGEN;
+        if ((rc = ts_masked_model_load(be, dir, root, &m->masked, err))) goto fail;
+        if (m->masked->image_size != m->image_size) {
+            rc = ts_fail(err, TS_ERR_CONFIG, "config: image_size %d differs from the decoder's "
+                         "%d", m->image_size, m->masked->image_size);
+            goto fail;
+        }
+        json_decref(root);
+        *out = m;
+        return TS_OK;
+    }
     if (strcmp(family, "llamagen") != 0) {
-        rc = ts_fail(err, TS_ERR_UNSUPPORTED, "config: family \"%s\" is not supported", family);
+        rc = ts_fail(err, TS_ERR_UNSUPPORTED, "config: family \"%s\" is not supported "
+                     "(llamagen or maskgen)", family);
         goto fail;
     }
+    m->family = TS_FAMILY_LLAMAGEN;
     if (!json_is_object(gpt_sec)) {
         rc = ts_fail(err, TS_ERR_CONFIG, "config: missing object \"gpt\"");
         goto fail;
@@ -83,10 +106,10 @@ int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err
                      vcfg.codebook_size, gcfg.vocab_size);
         goto fail;
     }
-    if ((rc = open_weights(dir, gpt_sec, "gpt", &m->gpt_file, err)) ||
+    if ((rc = ts_model_open_weights(dir, gpt_sec, "gpt", &m->gpt_file, err)) ||
         (rc = llamagen_load(be, &gcfg, m->gpt_file, &m->gpt, err)))
         goto fail;
-    if (vq_sec && ((rc = open_weights(dir, vq_sec, "vq", &m->vq_file, err)) ||
+    if (vq_sec && ((rc = ts_model_open_weights(dir, vq_sec, "vq", &m->vq_file, err)) ||
                    (rc = vq_decoder_load(be, &vcfg, m->vq_file, &m->vq, err))))
         goto fail;
     json_decref(root);
@@ -101,6 +124,7 @@ fail:
 void ts_model_free(ts_model *m)
 {
     if (!m) return;
+    ts_masked_model_free(m->masked);
     llamagen_free(m->gpt);
     vq_decoder_free(m->vq);
     ts_st_close(m->gpt_file);

@@ -8,11 +8,20 @@
 #ifndef TS_MODEL_H
 #define TS_MODEL_H
 
+#include <jansson.h>
+
 #include "backend.h"
+#include "masked_model.h"
 #include "models/llamagen.h"
 #include "models/vq_decoder.h"
 
+typedef enum ts_family {
+    TS_FAMILY_LLAMAGEN,   /* class-conditional autoregressive: gpt (+ vq) */
+    TS_FAMILY_MASKGEN,    /* text-to-image masked: masked */
+} ts_family;
+
 typedef struct ts_model {
+    ts_family family;
     char *dir;
     char *name;              /* config "name", or the folder */
     int image_size;
@@ -20,9 +29,17 @@ typedef struct ts_model {
     ts_st_file *gpt_file, *vq_file;
     llamagen_model *gpt;
     vq_decoder *vq;          /* NULL for a GPT-only folder: tokens, no images */
+    ts_masked_model *masked; /* the maskgen family's networks, else NULL */
 } ts_model;
 
 int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err);
 void ts_model_free(ts_model *m);   /* NULL-safe */
+
+/* dir/<section.key>, refusing anything but a plain file name; the caller frees *out. */
+int ts_model_file_path(const char *dir, const json_t *section, const char *sname,
+                       const char *key, char **out, ts_error *err);
+/* Opens the safetensors file that section.file names, inside dir. */
+int ts_model_open_weights(const char *dir, const json_t *section, const char *sname,
+                          ts_st_file **out, ts_error *err);
 
 #endif

@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "api/numparse.h"
 #include "engine/generate.h"
+#include "engine/masked.h"
 #include "engine/model.h"
 
 #define MAX_IMAGES 1024
@@ -23,18 +24,23 @@ typedef struct gen_opts {
     int32_t classes[MAX_IMAGES];
     int n_classes, n_per_class, threads, quiet;
     ts_gen_params p;
+    const char *prompt;     /* masked (text-to-image) models */
+    ts_mask_params mp;      /* fields left < 0 take the model's defaults */
 } gen_opts;
 
 static void usage(FILE *f)
 {
     fprintf(f,
         "usage: tessera generate --model DIR --class N[,N...] [options] --out out.png\n"
+        "       tessera generate --model DIR --prompt TEXT [options] --out out.png\n"
         "\n"
-        "Generates class-conditional images with a LlamaGen model folder (see\n"
-        "docs/model-format.md; tools/convert.py makes one from the official checkpoints).\n"
+        "Generates images with a model folder (see docs/model-format.md; tools/convert.py\n"
+        "makes one from the official checkpoints): class-conditional with a LlamaGen\n"
+        "folder, from a text prompt with a MaskGen folder.\n"
         "\n"
         "  --model DIR          model folder holding config.json (required)\n"
-        "  --class N[,N...]     ImageNet class id(s), 0..num_classes-1 (required)\n"
+        "  --class N[,N...]     ImageNet class id(s), 0..num_classes-1 (LlamaGen)\n"
+        "  --prompt TEXT        the text to draw (MaskGen)\n"
         "  --n IMAGES           images per class (default 1); image i of the run uses\n"
         "                       seed S + i, so it can be regenerated alone with that seed\n"
         "  --seed S             random seed, 0..2^64-1 (default 0)\n"
@@ -44,6 +50,12 @@ static void usage(FILE *f)
         "  --top-p P            nucleus sampling threshold in (0, 1]; 1 = off (default 1.0)\n"
         "  --temperature T      softmax temperature, >= 0 (values below 1e-5 act as 1e-5;\n"
         "                       default 1.0)\n"
+        "MaskGen sampling (defaults from the model's config.json, upstream's demo values):\n"
+        "  --guidance G         guidance scale reached at the last step (default 12)\n"
+        "  --randomize-temperature T  Gumbel noise temperature at the first step, falling\n"
+        "                       to 0; 0 = deterministic (default 2.0)\n"
+        "  --aesthetic A        aesthetic-score micro-condition (default 6.5)\n"
+        "  --steps S            decoding steps, 1..N tokens (default 16)\n"
         "  --out FILE.png       output image; with several images FILE-0.png, FILE-1.png, ...\n"
         "                       (required unless --tokens-out is given)\n"
         "  --tokens-out FILE    write each image's tokens in raster order, one image per line\n"
@@ -75,7 +87,8 @@ static int parse_classes(const char *s, gen_opts *o)
 static int parse_args(int argc, char **argv, gen_opts *o)
 {
     enum { O_MODEL = 1, O_CLASS, O_N, O_SEED, O_CFG, O_CFGI, O_TOPK, O_TOPP, O_TEMP, O_OUT,
-           O_TOK, O_THREADS, O_DEVICE, O_QUIET, O_HELP };
+           O_TOK, O_THREADS, O_DEVICE, O_QUIET, O_HELP, O_PROMPT, O_GUID, O_RTEMP, O_AES,
+           O_STEPS };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL}, {"class", required_argument, 0, O_CLASS},
         {"n", required_argument, 0, O_N}, {"seed", required_argument, 0, O_SEED},
@@ -84,13 +97,19 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"temperature", required_argument, 0, O_TEMP}, {"out", required_argument, 0, O_OUT},
         {"tokens-out", required_argument, 0, O_TOK}, {"threads", required_argument, 0, O_THREADS},
         {"device", required_argument, 0, O_DEVICE}, {"quiet", no_argument, 0, O_QUIET},
-        {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+        {"help", no_argument, 0, O_HELP}, {"prompt", required_argument, 0, O_PROMPT},
+        {"guidance", required_argument, 0, O_GUID},
+        {"randomize-temperature", required_argument, 0, O_RTEMP},
+        {"aesthetic", required_argument, 0, O_AES}, {"steps", required_argument, 0, O_STEPS},
+        {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->n_per_class = 1;
     o->device = "auto";
     o->p = (ts_gen_params){.cfg_scale = 4.0f, .cfg_interval = -1.0f,
                            .sample = {.temperature = 1.0f, .top_k = 2000, .top_p = 1.0f},
                            .seed = 0};
+    o->mp = (ts_mask_params){.steps = -1, .guidance = -1.0f, .randomize_temperature = -1.0f,
+                             .aesthetic = NAN};
     int c;
     long v;
     opterr = 0;
@@ -127,6 +146,22 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         case O_THREADS: if (ts_parse_long(optarg, 1, 256, &v)) bad = "--threads"; else o->threads = (int)v; break;
         case O_DEVICE: o->device = optarg; break;
         case O_QUIET: o->quiet = 1; break;
+        case O_PROMPT: o->prompt = optarg; break;
+        case O_GUID:
+            if (ts_parse_float(optarg, &o->mp.guidance) || o->mp.guidance < 0.0f ||
+                o->mp.guidance > 1000.0f)
+                bad = "--guidance";
+            break;
+        case O_RTEMP:
+            if (ts_parse_float(optarg, &o->mp.randomize_temperature) ||
+                o->mp.randomize_temperature < 0.0f || o->mp.randomize_temperature > 1000.0f)
+                bad = "--randomize-temperature";
+            break;
+        case O_AES:
+            if (ts_parse_float(optarg, &o->mp.aesthetic) || fabsf(o->mp.aesthetic) > 1000.0f)
+                bad = "--aesthetic";
+            break;
+        case O_STEPS: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--steps"; else o->mp.steps = (int)v; break;
         case O_HELP: usage(stdout); exit(0);
         default:
             fprintf(stderr, "tessera generate: unknown or incomplete option '%s'\n", argv[optind - 1]);
@@ -141,10 +176,12 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         fprintf(stderr, "tessera generate: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    if (!o->model || !o->n_classes || (!o->out && !o->tokens_out)) {
-        fprintf(stderr, "tessera generate: --model, --class and --out (or --tokens-out) are required\n");
+    if (!o->model || (!o->n_classes == !o->prompt) || (!o->out && !o->tokens_out)) {
+        fprintf(stderr, "tessera generate: --model, one of --class or --prompt, and --out (or "
+                "--tokens-out) are required\n");
         return -1;
     }
+    if (o->prompt) o->n_classes = 1;
     if ((long)o->n_classes * o->n_per_class > MAX_IMAGES) {
         fprintf(stderr, "tessera generate: at most %d images per run\n", MAX_IMAGES);
         return -1;
@@ -201,6 +238,64 @@ static int write_tokens(const char *path, const int32_t *tokens, int n, int L)
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* Text-to-image on a MaskGen folder: n images of one prompt. Returns the exit status. */
+static int run_masked(const gen_opts *o, ts_model *m, ts_error *err)
+{
+    if (m->family != TS_FAMILY_MASKGEN || !o->prompt) {
+        ts_fail(err, TS_ERR_INVALID, m->family == TS_FAMILY_MASKGEN
+                ? "this MaskGen model draws from --prompt, not --class"
+                : "this model is class-conditional: use --class, not --prompt");
+        return 1;
+    }
+    ts_masked_model *mm = m->masked;
+    const maskgen_sampling *d = &mm->gen->cfg.sampling;
+    ts_mask_params p = o->mp;
+    p.seed = o->p.seed;
+    if (p.steps < 0) p.steps = d->steps;
+    if (p.guidance < 0.0f) p.guidance = d->guidance;
+    if (p.randomize_temperature < 0.0f) p.randomize_temperature = d->randomize_temperature;
+    if (isnan(p.aesthetic)) p.aesthetic = d->aesthetic;
+    int N = mm->gen->cfg.num_tokens, S = mm->image_size, n = o->n_per_class;
+    if (p.steps > N) {
+        ts_fail(err, TS_ERR_INVALID, "--steps %d exceeds the %d tokens of an image", p.steps, N);
+        return 1;
+    }
+    const char **prompts = malloc((size_t)n * sizeof *prompts);
+    int32_t *tokens = malloc((size_t)n * N * sizeof *tokens);
+    uint8_t *rgb = o->out ? malloc((size_t)n * S * S * 3) : NULL;
+    int status = 1;
+    if (!prompts || !tokens || (o->out && !rgb)) {
+        ts_fail(err, TS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) prompts[i] = o->prompt;
+    progress pr = {now_s(), n, !o->quiet && isatty(2)};
+    if (ts_masked_generate(mm, &p, prompts, n, tokens, rgb, on_step, &pr, err)) goto out;
+    double t = now_s() - pr.t0;
+    if (o->tokens_out && write_tokens(o->tokens_out, tokens, n, N)) {
+        ts_fail(err, TS_ERR_IO, "%s: cannot write tokens", o->tokens_out);
+        goto out;
+    }
+    for (int i = 0; o->out && i < n; i++) {
+        char params[1024], path[4096];
+        snprintf(params, sizeof params, "model: %s, prompt: %s, seed: %llu, guidance: %g, "
+                 "randomize_temperature: %g, aesthetic: %g, steps: %d", m->name, o->prompt,
+                 (unsigned long long)(p.seed + (uint64_t)i), p.guidance,
+                 p.randomize_temperature, p.aesthetic, p.steps);
+        ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
+        image_path(path, sizeof path, o->out, i, n);
+        if (ts_png_write_file(path, rgb + (size_t)i * S * S * 3, S, S, text, 2, err)) goto out;
+        if (!o->quiet) fprintf(stderr, "wrote %s\n", path);
+    }
+    if (!o->quiet) fprintf(stderr, "%d image(s) in %.2f s (%d steps, decoder included)\n", n, t, p.steps);
+    status = 0;
+out:
+    free(prompts);
+    free(tokens);
+    free(rgb);
+    return status;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     gen_opts o;
@@ -220,6 +315,10 @@ int cmd_generate(int argc, char **argv)
     if (!o.quiet)
         fprintf(stderr, "loaded %s in %.2f s on %s\n", m->name, now_s() - t_load,
                 ts_backend_describe(be));
+    if (m->family == TS_FAMILY_MASKGEN || o.prompt) {
+        status = run_masked(&o, m, &err);
+        goto fail;
+    }
     if (o.out && !m->vq) {
         ts_fail(&err, TS_ERR_INVALID, "%s has no VQ decoder: only --tokens-out is possible", o.model);
         goto fail;
