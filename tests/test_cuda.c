@@ -853,6 +853,372 @@ START_TEST(test_spatial_attention)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ ViT / MM-DiT ops */
+
+/* LayerNorm with and without each affine vector, out of place and in place, on inputs
+ * with a large mean. */
+START_TEST(test_layernorm)
+{
+    const int ms[] = {1, 5, 67};
+    const int dims[] = {77, 768, 1280};
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t mi = 0; mi < 3; mi++)
+            for (size_t di = 0; di < 3; di++)
+                for (int affine = 0; affine < 4; affine++) {   /* bit 0: w, bit 1: b */
+                    ts_backend *gb = gpu_be[fp32];
+                    int m = ms[mi], dim = dims[di];
+                    begin_case("layernorm fp32=%d m=%d dim=%d affine=%d", fp32, m, dim, affine);
+                    size_t n = (size_t)m * dim;
+                    float *h = rand_host(n, 3.0f);
+                    for (size_t i = 0; i < n; i++) h[i] += 20.0f;
+                    twin x = twin_new(gb, h, n), w = twin_rand(gb, dim, 1.0f), b = twin_rand(gb, dim, 1.0f);
+                    free(h);
+                    twin out = twin_new(gb, NULL, n);
+                    poison(gb, out.g, n);
+                    const float *wc = affine & 1 ? w.c : NULL, *wg = affine & 1 ? w.g : NULL;
+                    const float *bc = affine & 2 ? b.c : NULL, *bg = affine & 2 ? b.g : NULL;
+                    ts_be_layernorm(cpu_be, out.c, x.c, wc, bc, m, dim, 1e-5f);
+                    ts_be_layernorm(gb, out.g, x.g, wg, bg, m, dim, 1e-5f);
+                    expect_close("layernorm", &out, 0, n, 1e-5);
+                    ts_be_layernorm(cpu_be, x.c, x.c, wc, bc, m, dim, 1e-5f);
+                    ts_be_layernorm(gb, x.g, x.g, wg, bg, m, dim, 1e-5f);
+                    expect_close("layernorm in place", &x, 0, n, 1e-5);
+                    twin_free(&x);
+                    twin_free(&w);
+                    twin_free(&b);
+                    twin_free(&out);
+                }
+}
+END_TEST
+
+START_TEST(test_activation)
+{
+    const size_t ns[] = {1, 1000, 67 * 3072 + 3};
+    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU};
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t ni = 0; ni < 3; ni++)
+            for (size_t ai = 0; ai < 4; ai++) {
+                ts_backend *gb = gpu_be[fp32];
+                size_t n = ns[ni];
+                begin_case("activation fp32=%d act=%d n=%zu", fp32, (int)acts[ai], n);
+                twin x = twin_rand(gb, n, 8.0f), out = twin_new(gb, NULL, n);
+                poison(gb, out.g, n);
+                ts_be_activation(cpu_be, out.c, x.c, n, acts[ai]);
+                ts_be_activation(gb, out.g, x.g, n, acts[ai]);
+                expect_close("activation", &out, 0, n, 1e-5);
+                ts_be_activation(cpu_be, x.c, x.c, n, acts[ai]);
+                ts_be_activation(gb, x.g, x.g, n, acts[ai]);
+                expect_close("activation in place", &x, 0, n, 1e-5);
+                twin_free(&x);
+                twin_free(&out);
+            }
+}
+END_TEST
+
+/* adaLN modulate (with and without shift, out of place and in place) and the gated
+ * residual, with each item's vectors in rows of mod_stride floats: an odd shape with a
+ * partial last item, and MaskGen's (205 rows an image, six dim-wide chunks). */
+START_TEST(test_modulate_gated_add)
+{
+    /* m, dim, rows_per_item, mod_stride - 6 * dim */
+    const int cases[][4] = {{7, 77, 3, 5}, {410, 1024, 205, 0}, {3, 64, 3, 0}};
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t ci = 0; ci < 3; ci++)
+            for (int with_shift = 0; with_shift < 2; with_shift++) {
+                ts_backend *gb = gpu_be[fp32];
+                int m = cases[ci][0], dim = cases[ci][1], rpi = cases[ci][2];
+                int ms = 6 * dim + cases[ci][3], items = (m + rpi - 1) / rpi;
+                begin_case("modulate fp32=%d m=%d dim=%d rows_per_item=%d shift=%d", fp32, m, dim,
+                           rpi, with_shift);
+                size_t n = (size_t)m * dim;
+                twin mod = twin_rand(gb, (size_t)items * ms, 1.0f);
+                twin x = twin_rand(gb, n, 3.0f), y = twin_rand(gb, n, 2.0f), out = twin_new(gb, NULL, n);
+                poison(gb, out.g, n);
+                ts_be_modulate(cpu_be, out.c, x.c, with_shift ? mod.c + dim : NULL, mod.c + 2 * dim, ms,
+                               m, dim, rpi);
+                ts_be_modulate(gb, out.g, x.g, with_shift ? mod.g + dim : NULL, mod.g + 2 * dim, ms, m,
+                               dim, rpi);
+                expect_close("modulate", &out, 0, n, 1e-5);
+                ts_be_modulate(cpu_be, x.c, x.c, with_shift ? mod.c : NULL, mod.c + 4 * dim, ms, m, dim,
+                               rpi);
+                ts_be_modulate(gb, x.g, x.g, with_shift ? mod.g : NULL, mod.g + 4 * dim, ms, m, dim, rpi);
+                expect_close("modulate in place", &x, 0, n, 1e-5);
+                ts_be_gated_add(cpu_be, x.c, y.c, mod.c + 5 * dim, ms, m, dim, rpi);
+                ts_be_gated_add(gb, x.g, y.g, mod.g + 5 * dim, ms, m, dim, rpi);
+                expect_close("gated_add", &x, 0, n, 1e-5);
+                twin_free(&mod);
+                twin_free(&x);
+                twin_free(&y);
+                twin_free(&out);
+            }
+}
+END_TEST
+
+START_TEST(test_scatter_add_rows)
+{
+    /* rows of x, rows added, dim */
+    const int cases[][3] = {{11, 5, 77}, {410, 128, 1024}, {1, 1, 3}};
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t ci = 0; ci < 3; ci++) {
+            ts_backend *gb = gpu_be[fp32];
+            int n_rows = cases[ci][0], n = cases[ci][1], dim = cases[ci][2];
+            begin_case("scatter_add_rows fp32=%d rows=%d n=%d dim=%d", fp32, n_rows, n, dim);
+            twin x = twin_rand(gb, (size_t)n_rows * dim, 2.0f), y = twin_rand(gb, (size_t)n * dim, 2.0f);
+            int32_t *rows = shuffled(n_rows);   /* its first n: distinct, in any order */
+            ts_be_scatter_add_rows(cpu_be, x.c, y.c, rows, n, dim);
+            ts_be_scatter_add_rows(gb, x.g, y.g, rows, n, dim);
+            /* In place: the rows added to and the rows left alone must all match. */
+            expect_close("scatter_add_rows", &x, 0, x.n, 1e-5);
+            twin_free(&x);
+            twin_free(&y);
+            free(rows);
+        }
+}
+END_TEST
+
+/* Dense attention with q, k, v at column offsets 0, D, 2D (D = n_head * head_dim) of
+ * rows of stride 3D + extra, as CLIP's fused in_proj lays them out; with `scatter` the
+ * positions are a random subset of a buffer of more rows (a rows array), and out's other
+ * rows must keep their contents. The ops are float in both modes: a product tolerance
+ * of the fp32 mode. */
+static void check_attention_dense(int fp32, int n_seq, int seq_len, int n_head, int hd, int extra,
+                                  int scatter, int causal)
+{
+    ts_backend *gb = gpu_be[fp32];
+    begin_case("attention_dense fp32=%d seqs %d len %d heads %d hd %d extra %d rows %s causal %d",
+               fp32, n_seq, seq_len, n_head, hd, extra, scatter ? "scattered" : "NULL", causal);
+    int D = n_head * hd, stride = 3 * D + extra, n_pos = n_seq * seq_len;
+    int n_rows = scatter ? n_pos + 7 : n_pos;
+    float *h = rand_host((size_t)n_rows * stride, 1.0f);
+    for (int r = 0; r < n_rows; r++)   /* K scaled up for a less uniform softmax */
+        for (int e = 0; e < D; e++) h[(size_t)r * stride + D + e] *= 3.0f;
+    twin qkv = twin_new(gb, h, (size_t)n_rows * stride);
+    free(h);
+    int32_t *rows = scatter ? shuffled(n_rows) : NULL;
+    twin out = twin_rand(gb, (size_t)n_rows * D, 5.0f);
+    for (int i = 0; i < n_pos; i++) poison(gb, out.g + (size_t)(rows ? rows[i] : i) * D, D);
+    ts_be_attention_dense(cpu_be, out.c, qkv.c, qkv.c + D, qkv.c + 2 * D, stride, n_head, hd, rows,
+                          n_seq, seq_len, causal);
+    ts_be_attention_dense(gb, out.g, qkv.g, qkv.g + D, qkv.g + 2 * D, stride, n_head, hd, rows, n_seq,
+                          seq_len, causal);
+    expect_close("attention_dense", &out, 0, out.n, prod_tol(1));
+    twin_free(&qkv);
+    twin_free(&out);
+    free(rows);
+}
+
+START_TEST(test_attention_dense)
+{
+    /* n_seq, seq_len, n_head, head_dim, stride - 3D, scattered rows, causal */
+    const int cases[][7] = {
+        {2, 77, 4, 64, 0, 0, 1},     /* CLIP's text tower */
+        {2, 205, 3, 80, 0, 1, 0},    /* MaskGen: 128 image + 77 text positions, head_dim 80 */
+        {3, 205, 2, 64, 4, 1, 0},
+        {1, 462, 2, 64, 0, 0, 0},    /* TA-TiTok's decoder */
+        {2, 512, 2, 128, 0, 0, 1},   /* over 48 KiB of shared memory */
+        {1, 513, 1, 128, 3, 1, 0},
+        {3, 37, 2, 77, 1, 1, 1},     /* odd head_dim, a partial query tile */
+        {1, 1, 1, 13, 0, 0, 0},      /* one position */
+        {5, 17, 1, 32, 0, 1, 1},
+    };
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            check_attention_dense(fp32, cases[c][0], cases[c][1], cases[c][2], cases[c][3],
+                                  cases[c][4], cases[c][5], cases[c][6]);
+}
+END_TEST
+
+/* Masked picks of the same rows on both backends, the GPU's outputs poisoned first.
+ * Without noise the picks and logits must agree bit for bit (the guided logit is rounded
+ * as the CPU's and argmax is exact). With noise the Philox integers are the same and
+ * only logf's last bit may differ, so a pick may flip only where two noisy scores are
+ * within that rounding: the caller bounds those. Returns the picks that differ. */
+static int compare_masked_pick(ts_backend *gb, const ts_masked_row *rc, const ts_masked_row *rg, int n,
+                               int n_pos, int vocab)
+{
+    int total = n * n_pos, diff = 0;
+    int32_t *ic = xmalloc((size_t)total * 4), *ig = xmalloc((size_t)total * 4);
+    float *lc = xmalloc((size_t)total * 4), *lg = xmalloc((size_t)total * 4);
+    for (int i = 0; i < total; i++) {
+        ig[i] = -12345;
+        lg[i] = poison_value();
+    }
+    ts_be_masked_pick(cpu_be, ic, lc, rc, n, n_pos, vocab);
+    ts_be_masked_pick(gb, ig, lg, rg, n, n_pos, vocab);
+    for (int i = 0; i < total; i++) {
+        const ts_masked_row *r = &rc[i / n_pos];
+        ck_assert_msg(ig[i] >= 0 && ig[i] < vocab, "%s: row %d pos %d: pick %d outside the vocabulary",
+                      case_label, i / n_pos, i % n_pos, ig[i]);
+        if (ig[i] != ic[i]) {
+            ck_assert_msg(r->noise_temp != 0.0f, "%s: row %d pos %d (no noise): gpu %d, cpu %d",
+                          case_label, i / n_pos, i % n_pos, ig[i], ic[i]);
+            printf("test_cuda: %s: row %d pos %d differs: noise %g, cpu %d, gpu %d\n", case_label,
+                   i / n_pos, i % n_pos, r->noise_temp, ic[i], ig[i]);
+            diff++;
+            continue;
+        }
+        ck_assert_msg(memcmp(&lg[i], &lc[i], 4) == 0, "%s: row %d pos %d pick %d: gpu logit %.9g, cpu %.9g",
+                      case_label, i / n_pos, i % n_pos, ic[i], lg[i], lc[i]);
+    }
+    free(ic);
+    free(ig);
+    free(lc);
+    free(lg);
+    return diff;
+}
+
+/* Rows of every kind (guidance or none, temperatures, noise or none, seeds, images,
+ * steps) over a small odd vocabulary with planted ties, and MaskGen's shape. */
+START_TEST(test_masked_pick)
+{
+    /* n, n_pos, vocab */
+    const int shapes[][3] = {{4, 5, 1003}, {4, 128, 8192}};
+    int noisy_diff = 0, noisy = 0;
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t si = 0; si < 2; si++)
+            for (int with_noise = 0; with_noise < 2; with_noise++) {
+                ts_backend *gb = gpu_be[fp32];
+                int n = shapes[si][0], P = shapes[si][1], V = shapes[si][2];
+                begin_case("masked_pick fp32=%d n=%d n_pos=%d vocab=%d noise=%d", fp32, n, P, V,
+                           with_noise);
+                size_t sz = (size_t)n * P * V;
+                float *hc = rand_host(sz, 5.0f), *hu = rand_host(sz, 5.0f);
+                /* Ties: three equal maxima in row 0 position 1 (guided), two in row 1
+                 * position 2 (no guidance); the lowest index must win on both. */
+                const int tie[3] = {V - 3, 300, 701};
+                for (int t = 0; t < 3; t++) {
+                    hc[(size_t)(0 * P + 1) * V + tie[t]] = 30.0f;
+                    hu[(size_t)(0 * P + 1) * V + tie[t]] = 4.0f;
+                }
+                hc[(size_t)(1 * P + 2) * V + V - 1] = 30.0f;
+                hc[(size_t)(1 * P + 2) * V + 17] = 30.0f;
+                twin cond = twin_new(gb, hc, sz), uncond = twin_new(gb, hu, sz);
+                free(hc);
+                free(hu);
+                ts_masked_row *rc = xmalloc((size_t)n * sizeof *rc), *rg = xmalloc((size_t)n * sizeof *rg);
+                static const float guid[] = {3.0f, 0.0f, 1.5f, 0.75f}, temps[] = {0.7f, 1.0f, 2.5f, 1.3f};
+                static const float noises[] = {1.0f, 4.5f, 0.25f, 2.0f};
+                for (int i = 0; i < n; i++) {
+                    size_t off = (size_t)i * P * V;
+                    int guided = i != 1;
+                    ts_masked_row r = {NULL, NULL, guid[i % 4], temps[i % 4],
+                                       with_noise ? noises[i % 4] : 0.0f, 0x9e3779b97f4a7c15ull * (i + 1),
+                                       (uint32_t)(i * 3), (uint32_t)(5 + i)};
+                    rc[i] = rg[i] = r;
+                    rc[i].cond = cond.c + off;
+                    rg[i].cond = cond.g + off;
+                    rc[i].uncond = guided ? uncond.c + off : NULL;
+                    rg[i].uncond = guided ? uncond.g + off : NULL;
+                }
+                int d = compare_masked_pick(gb, rc, rg, n, P, V);
+                if (with_noise) {
+                    noisy_diff += d;
+                    noisy += n * P;
+                }
+                if (!with_noise) {   /* the planted ties, by the CPU's own result */
+                    int32_t *ids = xmalloc((size_t)n * P * 4);
+                    float *lo = xmalloc((size_t)n * P * 4);
+                    ts_be_masked_pick(gb, ids, lo, rg, n, P, V);
+                    ck_assert_msg(ids[0 * P + 1] == 300 && ids[1 * P + 2] == 17,
+                                  "%s: ties picked %d and %d, not 300 and 17", case_label, ids[1],
+                                  ids[P + 2]);
+                    free(ids);
+                    free(lo);
+                }
+                free(rc);
+                free(rg);
+                twin_free(&cond);
+                twin_free(&uncond);
+            }
+    if (noisy_diff || verbose())
+        printf("test_cuda: masked_pick: %d of %d noisy picks differ from the CPU\n", noisy_diff, noisy);
+    ck_assert_msg(noisy_diff <= 1, "masked_pick: %d of %d noisy picks differ", noisy_diff, noisy);
+}
+END_TEST
+
+/* A MaskGen-like decoding step of one shape, repeated as a GPU backend may record once
+ * and replay as a graph: layernorm, modulate, attention over rows that are re-permuted
+ * every step, a gated residual, a scatter-add at rows that change, and the masked picks
+ * with a new step number (so new Gumbel noise) and temperature every step. Each step's
+ * picks and buffers are compared with the CPU's: a replay of stale staged rows or pick
+ * records fails at that step. */
+START_TEST(test_vit_step_replay)
+{
+    enum { NSEQ = 2, L = 45, NH = 2, HD = 64, D = NH * HD, NPOS = 9, V = 515, STEPS = 6 };
+    int noisy_diff = 0;
+    for (int fp32 = 0; fp32 < 2; fp32++) {
+        ts_backend *gb = gpu_be[fp32];
+        begin_case("vit step replay fp32=%d", fp32);
+        int n_pos = NSEQ * L;
+        twin x = twin_rand(gb, (size_t)n_pos * D, 2.0f), ln = twin_new(gb, NULL, (size_t)n_pos * D);
+        twin mod = twin_rand(gb, (size_t)NSEQ * 6 * D, 0.5f);
+        twin qkv = twin_rand(gb, (size_t)n_pos * 3 * D, 1.0f), att = twin_new(gb, NULL, (size_t)n_pos * D);
+        twin y = twin_rand(gb, (size_t)NPOS * D, 1.0f);
+        twin logits = twin_rand(gb, (size_t)2 * NSEQ * NPOS * V, 4.0f);
+        for (int step = 0; step < STEPS; step++) {
+            int32_t *perm = shuffled(n_pos), *sel = shuffled(n_pos);
+            ts_masked_row rc[NSEQ], rg[NSEQ];
+            for (int i = 0; i < NSEQ; i++) {
+                size_t oc = (size_t)i * NPOS * V, ou = (size_t)(NSEQ + i) * NPOS * V;
+                ts_masked_row r = {NULL, NULL, 2.0f, 1.0f + 0.1f * step, step % 3 ? 1.5f : 0.0f, 1234,
+                                   (uint32_t)i, (uint32_t)step};
+                rc[i] = rg[i] = r;
+                rc[i].cond = logits.c + oc;
+                rg[i].cond = logits.g + oc;
+                rc[i].uncond = logits.c + ou;
+                rg[i].uncond = logits.g + ou;
+            }
+            poison(gb, ln.g, ln.n);
+            poison(gb, att.g, att.n);
+            int32_t ic[NSEQ * NPOS], ig[NSEQ * NPOS];
+            float lc[NSEQ * NPOS], lg[NSEQ * NPOS];
+            for (int b = 0; b < 2; b++) {
+                ts_backend *be = b ? gb : cpu_be;
+                const twin *t[] = {&x, &ln, &mod, &qkv, &att, &y, &logits};
+                float *p[7];
+                for (int k = 0; k < 7; k++) p[k] = b ? t[k]->g : t[k]->c;
+                ts_be_step_begin(be);
+                ts_be_layernorm(be, p[1], p[0], NULL, NULL, n_pos, D, 1e-6f);
+                ts_be_modulate(be, p[1], p[1], p[2], p[2] + D, 6 * D, n_pos, D, L);
+                ts_be_attention_dense(be, p[4], p[3], p[3] + D, p[3] + 2 * D, 3 * D, NH, HD, perm, NSEQ,
+                                      L, 0);
+                ts_be_gated_add(be, p[0], p[4], p[2] + 2 * D, 6 * D, n_pos, D, L);
+                ts_be_scatter_add_rows(be, p[0], p[5], sel, NPOS, D);
+                ts_be_masked_pick(be, b ? ig : ic, b ? lg : lc, b ? rg : rc, NSEQ, NPOS, V);
+            }
+            char what[64];
+            snprintf(what, sizeof what, "step %d layernorm+modulate", step);
+            expect_close(what, &ln, 0, ln.n, 1e-5);
+            snprintf(what, sizeof what, "step %d attention_dense", step);
+            expect_close(what, &att, 0, att.n, prod_tol(1));
+            snprintf(what, sizeof what, "step %d residual", step);
+            expect_close(what, &x, 0, x.n, 1e-5);
+            for (int i = 0; i < NSEQ * NPOS; i++) {
+                if (ig[i] != ic[i] && rc[i / NPOS].noise_temp != 0.0f) {   /* logf's last bit */
+                    printf("test_cuda: %s: step %d pick %d differs: cpu %d, gpu %d\n", case_label,
+                           step, i, ic[i], ig[i]);
+                    noisy_diff++;
+                    continue;
+                }
+                ck_assert_msg(ig[i] == ic[i] && memcmp(&lg[i], &lc[i], 4) == 0,
+                              "%s: step %d pick %d: gpu %d (%g), cpu %d (%g)", case_label, step, i, ig[i],
+                              lg[i], ic[i], lc[i]);
+            }
+            free(perm);
+            free(sel);
+        }
+        twin_free(&x);
+        twin_free(&ln);
+        twin_free(&mod);
+        twin_free(&qkv);
+        twin_free(&att);
+        twin_free(&y);
+        twin_free(&logits);
+    }
+    ck_assert_msg(noisy_diff <= 1, "vit step replay: %d noisy picks differ from the CPU", noisy_diff);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ sampling */
 
 typedef struct sample_tally {
@@ -1194,6 +1560,13 @@ int main(void)
     tcase_add_test(ops, test_group_norm_upsample);
     tcase_add_test(ops, test_spatial_attention);
     tcase_add_test(ops, test_sample);
+    tcase_add_test(ops, test_layernorm);
+    tcase_add_test(ops, test_activation);
+    tcase_add_test(ops, test_modulate_gated_add);
+    tcase_add_test(ops, test_scatter_add_rows);
+    tcase_add_test(ops, test_attention_dense);
+    tcase_add_test(ops, test_masked_pick);
+    tcase_add_test(ops, test_vit_step_replay);
     suite_add_tcase(s, ops);
 
     TCase *model = tcase_create("model");

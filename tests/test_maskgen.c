@@ -234,7 +234,7 @@ START_TEST(test_schedule_counts)
     }
     ts_mask_params p = {.steps = 16, .guidance = 12.0f, .randomize_temperature = 2.0f};
     ck_assert_float_eq_tol(ts_mask_guidance(&p, 15), 12.0f, 1e-6f);
-    ck_assert_float_eq_tol(ts_mask_guidance(&p, 0), 1.1067f, 1e-3f);   /* 1.11 in the notes */
+    ck_assert_float_eq_tol(ts_mask_guidance(&p, 0), 1.105684f, 1e-5f);   /* 11 (1 - cos(pi/16)) / 2 + 1 */
     ck_assert_float_eq_tol(ts_mask_softmax_temp(&p, 0), 1.25f, 1e-6f);
     ck_assert_float_eq_tol(ts_mask_noise_temp(&p, 15), 0.0f, 0.0f);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "engine/backend.h"
+#include "engine/philox.h"
 
 static ts_backend *be;
 
@@ -430,6 +431,344 @@ START_TEST(test_embed)
 }
 END_TEST
 
+/* ---- ViT / MM-DiT ops ---- */
+
+START_TEST(test_layernorm)
+{
+    const int ms[] = {1, 5, 13};
+    const int dims[] = {77, 64, 1024};
+    for (size_t mi = 0; mi < 3; mi++)
+        for (size_t di = 0; di < 3; di++)
+            for (int affine = 0; affine < 4; affine++)   /* bit 0: w, bit 1: b */
+                for (int alias = 0; alias < 2; alias++) {
+                    int m = ms[mi], dim = dims[di];
+                    size_t n = (size_t)m * dim;
+                    float *x = rand_buf(n, 3.0f), *w = rand_buf(dim, 1.0f), *b = rand_buf(dim, 1.0f);
+                    for (size_t i = 0; i < n; i++) x[i] += 20.0f;   /* a large mean */
+                    float *out = alias ? x : malloc(n * 4);
+                    double *ref = malloc(n * 8);
+                    const float *wp = affine & 1 ? w : NULL, *bp = affine & 2 ? b : NULL;
+                    for (int i = 0; i < m; i++) {
+                        double mean = 0, var = 0;
+                        for (int d = 0; d < dim; d++) mean += x[i * dim + d];
+                        mean /= dim;
+                        for (int d = 0; d < dim; d++) var += (x[i * dim + d] - mean) * (x[i * dim + d] - mean);
+                        var /= dim;
+                        for (int d = 0; d < dim; d++) {
+                            double y = (x[i * dim + d] - mean) / sqrt(var + 1e-6);
+                            ref[i * dim + d] = y * (wp ? wp[d] : 1.0) + (bp ? bp[d] : 0.0);
+                        }
+                    }
+                    if (!alias) memset(out, 0xff, n * 4);
+                    ts_be_layernorm(be, out, x, wp, bp, m, dim, 1e-6f);
+                    double e = max_rel(out, ref, n);
+                    ck_assert_msg(e < 1e-5, "layernorm m=%d dim=%d affine=%d alias=%d: rel err %g", m,
+                                  dim, affine, alias, e);
+                    if (!alias) free(out);
+                    free(x); free(w); free(b); free(ref);
+                }
+}
+END_TEST
+
+static double act_ref(double x, ts_act act)
+{
+    switch (act) {
+    case TS_ACT_GELU: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    case TS_ACT_GELU_TANH:
+        return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    case TS_ACT_QUICK_GELU: return x / (1.0 + exp(-1.702 * x));
+    case TS_ACT_SILU: return x / (1.0 + exp(-x));
+    }
+    return NAN;
+}
+
+START_TEST(test_activation)
+{
+    const size_t ns[] = {1, 77, 100003};   /* the last spans several pool tasks */
+    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU};
+    for (size_t ni = 0; ni < 3; ni++)
+        for (size_t ai = 0; ai < 4; ai++)
+            for (int alias = 0; alias < 2; alias++) {
+                size_t n = ns[ni];
+                float *x = rand_buf(n, 8.0f);
+                x[0] = ni == 0 ? -30.0f : x[0];   /* far in the negative tail */
+                float *out = alias ? x : malloc(n * 4);
+                double *ref = malloc(n * 8);
+                for (size_t i = 0; i < n; i++) ref[i] = act_ref(x[i], acts[ai]);
+                if (!alias) memset(out, 0xff, n * 4);
+                ts_be_activation(be, out, x, n, acts[ai]);
+                double e = max_rel(out, ref, n);
+                ck_assert_msg(e < 1e-5, "activation %d n=%zu alias=%d: rel err %g", (int)acts[ai], n,
+                              alias, e);
+                if (!alias) free(out);
+                free(x); free(ref);
+            }
+}
+END_TEST
+
+/* adaLN as MaskGen lays it out: each item's [shift | scale | gate | ...] chunks in one
+ * row of mod_stride floats (wider than the chunks), rows_per_item rows per item with a
+ * partial last item; without shift; in place. Then the gated residual. */
+START_TEST(test_modulate_gated_add)
+{
+    int m = 7, dim = 77, rpi = 3, items = (m + rpi - 1) / rpi, ms = 6 * dim + 5;
+    float *mod = rand_buf((size_t)items * ms, 1.0f);
+    const float *shift = mod + dim, *scale = mod + 2 * dim, *gate = mod + 5 * dim;
+    size_t n = (size_t)m * dim;
+    double *ref = malloc(n * 8);
+    for (int with_shift = 0; with_shift < 2; with_shift++)
+        for (int alias = 0; alias < 2; alias++) {
+            float *x = rand_buf(n, 3.0f), *out = alias ? x : malloc(n * 4);
+            for (int r = 0; r < m; r++)
+                for (int d = 0; d < dim; d++) {
+                    size_t mo = (size_t)(r / rpi) * ms + d;
+                    ref[r * dim + d] = (double)x[r * dim + d] * (1.0 + scale[mo]) + (with_shift ? shift[mo] : 0.0);
+                }
+            if (!alias) memset(out, 0xff, n * 4);
+            ts_be_modulate(be, out, x, with_shift ? shift : NULL, scale, ms, m, dim, rpi);
+            double e = max_rel(out, ref, n);
+            ck_assert_msg(e < 1e-6, "modulate shift=%d alias=%d: rel err %g", with_shift, alias, e);
+            if (!alias) free(out);
+            free(x);
+        }
+    float *x = rand_buf(n, 3.0f), *y = rand_buf(n, 2.0f);
+    for (int r = 0; r < m; r++)
+        for (int d = 0; d < dim; d++)
+            ref[r * dim + d] = x[r * dim + d] + (double)gate[(size_t)(r / rpi) * ms + d] * y[r * dim + d];
+    ts_be_gated_add(be, x, y, gate, ms, m, dim, rpi);
+    double e = max_rel(x, ref, n);
+    ck_assert_msg(e < 1e-6, "gated_add: rel err %g", e);
+    /* one item for all rows (mod_stride unused) */
+    float *x2 = rand_buf(n, 3.0f);
+    for (size_t i = 0; i < n; i++) ref[i] = x2[i] + (double)gate[i % dim] * y[i];
+    ts_be_gated_add(be, x2, y, gate, 0, m, dim, m);
+    e = max_rel(x2, ref, n);
+    ck_assert_msg(e < 1e-6, "gated_add single item: rel err %g", e);
+    free(mod); free(ref); free(x); free(y); free(x2);
+}
+END_TEST
+
+START_TEST(test_scatter_add_rows)
+{
+    int n_rows = 11, n = 5, dim = 77;
+    int32_t rows[5] = {7, 0, 10, 3, 4};
+    float *x = rand_buf((size_t)n_rows * dim, 2.0f), *y = rand_buf((size_t)n * dim, 2.0f);
+    float *orig = malloc((size_t)n_rows * dim * 4);
+    memcpy(orig, x, (size_t)n_rows * dim * 4);
+    ts_be_scatter_add_rows(be, x, y, rows, n, dim);
+    int hit[11] = {0};
+    for (int i = 0; i < n; i++) {
+        hit[rows[i]] = 1;
+        for (int d = 0; d < dim; d++)
+            ck_assert_float_eq(x[rows[i] * dim + d], orig[rows[i] * dim + d] + y[i * dim + d]);
+    }
+    for (int r = 0; r < n_rows; r++)
+        if (!hit[r]) ck_assert(memcmp(x + r * dim, orig + r * dim, (size_t)dim * 4) == 0);
+    free(x); free(y); free(orig);
+}
+END_TEST
+
+/* Dense attention of n_seq sequences against a naive double softmax. q, k and v are the
+ * column offsets 0, D and 2D (D = n_head * head_dim) of rows of `stride` floats; with
+ * `scatter` the positions live in a random subset of a buffer of more rows (rows index
+ * array), and the rows it leaves out must keep their contents in out. */
+static void check_attention_dense(int n_seq, int seq_len, int n_head, int hd, int extra,
+                                  int scatter, int causal)
+{
+    int D = n_head * hd, stride = 3 * D + extra, n_pos = n_seq * seq_len;
+    int n_rows = scatter ? n_pos + 5 : n_pos;
+    float *qkv = rand_buf((size_t)n_rows * stride, 1.0f);
+    for (int r = 0; r < n_rows; r++)   /* sharper softmax: scale k up */
+        for (int e = 0; e < D; e++) qkv[(size_t)r * stride + D + e] *= 3.0f;
+    int32_t *rows = NULL;
+    if (scatter) {
+        rows = malloc((size_t)n_rows * 4);
+        for (int i = 0; i < n_rows; i++) rows[i] = i;
+        for (int i = n_rows - 1; i > 0; i--) {
+            int jx = (int)((frand() + 1.0f) * 0.5f * (i + 1)) % (i + 1);
+            int32_t t = rows[i]; rows[i] = rows[jx]; rows[jx] = t;
+        }
+    }
+    float *out = malloc((size_t)n_rows * D * 4);
+    double *ref = malloc((size_t)n_rows * D * 8), *sc = malloc((size_t)seq_len * 8);
+    for (size_t i = 0; i < (size_t)n_rows * D; i++) ref[i] = -7.0;   /* rows left alone */
+    for (int s = 0; s < n_seq; s++)
+        for (int p = 0; p < seq_len; p++) {
+            int r = rows ? rows[s * seq_len + p] : s * seq_len + p;
+            int n_keys = causal ? p + 1 : seq_len;
+            for (int h = 0; h < n_head; h++) {
+                double mx = -1e300, sum = 0;
+                for (int t = 0; t < n_keys; t++) {
+                    int rk = rows ? rows[s * seq_len + t] : s * seq_len + t;
+                    double d = 0;
+                    for (int e = 0; e < hd; e++)
+                        d += (double)qkv[(size_t)r * stride + h * hd + e] * qkv[(size_t)rk * stride + D + h * hd + e];
+                    sc[t] = d / sqrt((double)hd);
+                    mx = fmax(mx, sc[t]);
+                }
+                for (int t = 0; t < n_keys; t++) sum += (sc[t] = exp(sc[t] - mx));
+                for (int e = 0; e < hd; e++) {
+                    double o = 0;
+                    for (int t = 0; t < n_keys; t++) {
+                        int rk = rows ? rows[s * seq_len + t] : s * seq_len + t;
+                        o += sc[t] / sum * qkv[(size_t)rk * stride + 2 * D + h * hd + e];
+                    }
+                    ref[(size_t)r * D + h * hd + e] = o;
+                }
+            }
+        }
+    for (size_t i = 0; i < (size_t)n_rows * D; i++) out[i] = -7.0f;
+    ts_be_attention_dense(be, out, qkv, qkv + D, qkv + 2 * D, stride, n_head, hd, rows, n_seq,
+                          seq_len, causal);
+    double e = max_rel(out, ref, (size_t)n_rows * D);
+    ck_assert_msg(e < 1e-5, "attention_dense seqs %d len %d heads %d hd %d stride %d rows %s "
+                  "causal %d: rel err %g", n_seq, seq_len, n_head, hd, stride,
+                  scatter ? "scattered" : "NULL", causal, e);
+    free(qkv); free(rows); free(out); free(ref); free(sc);
+}
+
+START_TEST(test_attention_dense)
+{
+    /* n_seq, seq_len, n_head, head_dim, stride - 3D, scattered rows, causal */
+    const int cases[][7] = {
+        {2, 77, 2, 64, 0, 0, 1},    /* CLIP's text tower: fused in_proj rows, causal */
+        {3, 37, 3, 80, 7, 1, 0},    /* MaskGen's head_dim, image+text rows interleaved */
+        {2, 45, 2, 64, 0, 1, 1},
+        {1, 1, 1, 13, 3, 0, 1},     /* one position */
+        {1, 462, 1, 64, 0, 0, 0},   /* TA-TiTok's decoder length */
+        {1, 2100, 1, 8, 1, 0, 1},   /* long enough that the queries go in chunks */
+        {1, 2100, 1, 8, 0, 1, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        check_attention_dense(cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4],
+                              cases[c][5], cases[c][6]);
+}
+END_TEST
+
+/* The guided, tempered logit as backend.h defines it, in float and in that order. */
+static float masked_l(const ts_masked_row *r, int p, int vocab, int v)
+{
+    float c = r->cond[(size_t)p * vocab + v];
+    float l = r->uncond ? c + (c - r->uncond[(size_t)p * vocab + v]) * r->guidance : c;
+    return l / r->softmax_temp;
+}
+
+/* masked_pick against a host loop over ts_rng_gumbel_f, ids and logits bit for bit. */
+static void check_masked_pick(const ts_masked_row *rows, int n, int n_pos, int vocab, int32_t *ids,
+                              float *logit)
+{
+    for (int i = 0; i < n * n_pos; i++) {
+        ids[i] = -1;
+        logit[i] = NAN;
+    }
+    ts_be_masked_pick(be, ids, logit, rows, n, n_pos, vocab);
+    for (int i = 0; i < n; i++) {
+        const ts_masked_row *r = &rows[i];
+        for (int p = 0; p < n_pos; p++) {
+            int best_v = -1;
+            float best = -INFINITY;
+            for (int v = 0; v < vocab; v++) {
+                float s = masked_l(r, p, vocab, v);
+                if (r->noise_temp != 0.0f)
+                    s = s + r->noise_temp * ts_rng_gumbel_f(r->seed, r->image, r->step, TS_RNG_MASK_TOKEN,
+                                                            (uint32_t)(p * vocab + v));
+                if (best_v < 0 || s > best) {
+                    best = s;
+                    best_v = v;
+                }
+            }
+            float want = masked_l(r, p, vocab, best_v);
+            ck_assert_msg(ids[i * n_pos + p] == best_v && memcmp(&logit[i * n_pos + p], &want, 4) == 0,
+                          "masked_pick row %d pos %d (vocab %d, noise %g): got %d (%g), want %d (%g)",
+                          i, p, vocab, r->noise_temp, ids[i * n_pos + p], logit[i * n_pos + p], best_v,
+                          want);
+        }
+    }
+}
+
+START_TEST(test_masked_pick)
+{
+    /* vocab 1003: p * vocab is not a multiple of 4, so the Philox blocks straddle positions */
+    enum { N = 3, P = 5, V = 1003 };
+    float *cond = rand_buf((size_t)N * P * V, 4.0f), *uncond = rand_buf((size_t)N * P * V, 4.0f);
+    /* Ties: row 0 position 2 has the same (largest) guided logit at 700, 300 and 901;
+     * row 1 (no guidance) position 4 at 1002 and 17. The lowest index must win. */
+    const int tie0[3] = {700, 300, 901};
+    for (int t = 0; t < 3; t++) {
+        cond[(size_t)(0 * P + 2) * V + tie0[t]] = 9.0f;
+        uncond[(size_t)(0 * P + 2) * V + tie0[t]] = 2.0f;
+    }
+    cond[(size_t)(1 * P + 4) * V + 1002] = 7.5f;
+    cond[(size_t)(1 * P + 4) * V + 17] = 7.5f;
+    ts_masked_row rows[N] = {
+        {cond, uncond, 3.0f, 0.7f, 0.0f, 42, 0, 0},
+        {cond + (size_t)P * V, NULL, 0.0f, 1.0f, 0.0f, 42, 1, 0},
+        {cond + (size_t)2 * P * V, uncond + (size_t)2 * P * V, 1.5f, 2.5f, 0.0f, 42, 2, 0},
+    };
+    int32_t ids[N * P], ids0[N * P];
+    float logit[N * P];
+    check_masked_pick(rows, N, P, V, ids, logit);
+    ck_assert_int_eq(ids[0 * P + 2], 300);
+    ck_assert_int_eq(ids[1 * P + 4], 17);
+    memcpy(ids0, ids, sizeof ids);
+
+    /* With Gumbel noise: different seeds, images and steps per row, ties included. */
+    rows[0].noise_temp = 1.0f;
+    rows[1].noise_temp = 4.5f;
+    rows[2].noise_temp = 0.25f;
+    rows[0].seed = 0x123456789abcdefull;
+    rows[1].step = 7;
+    rows[2].image = 5;
+    rows[2].step = 3;
+    check_masked_pick(rows, N, P, V, ids, logit);
+    int moved = 0;
+    for (int i = 0; i < N * P; i++) moved += ids[i] != ids0[i];
+    ck_assert_msg(moved > 0, "noise changed no pick");
+    /* Each row alone gives the same picks as in the batch. */
+    for (int i = 0; i < N; i++) {
+        int32_t one[P];
+        float lo[P];
+        ts_be_masked_pick(be, one, lo, &rows[i], 1, P, V);
+        ck_assert(memcmp(one, ids + i * P, sizeof one) == 0 && memcmp(lo, logit + i * P, sizeof lo) == 0);
+    }
+    free(cond); free(uncond);
+
+    /* MaskGen's shape: 128 positions over 8192 tokens, with guidance and noise. */
+    enum { P2 = 128, V2 = 8192 };
+    float *c2 = rand_buf((size_t)2 * P2 * V2, 5.0f), *u2 = rand_buf((size_t)2 * P2 * V2, 5.0f);
+    ts_masked_row r2[2] = {
+        {c2, u2, 2.0f, 1.3f, 2.0f, 7, 0, 11},
+        {c2 + (size_t)P2 * V2, u2 + (size_t)P2 * V2, 2.0f, 1.3f, 0.0f, 7, 1, 11},
+    };
+    int32_t *ids2 = malloc(2 * P2 * 4);
+    float *logit2 = malloc(2 * P2 * 4);
+    check_masked_pick(r2, 2, P2, V2, ids2, logit2);
+    free(c2); free(u2); free(ids2); free(logit2);
+}
+END_TEST
+
+/* Standard Gumbel draws: finite, within the range the 24-bit u allows, deterministic, and
+ * with the distribution's mean (Euler-Mascheroni) and variance (pi^2 / 6). */
+START_TEST(test_rng_gumbel)
+{
+    enum { N = 400000 };
+    double sum = 0, sq = 0;
+    for (uint32_t i = 0; i < N; i++) {
+        float g = ts_rng_gumbel_f(99, i / 1000, 3, TS_RNG_MASK_TOKEN, i);
+        ck_assert_msg(isfinite(g) && g > -2.9f && g < 17.4f, "draw %u is %g", i, g);
+        sum += g;
+        sq += (double)g * g;
+    }
+    double mean = sum / N, var = sq / N - mean * mean;
+    /* standard errors: 1.28 / sqrt(N) = 0.002 for the mean, ~0.01 for the variance */
+    ck_assert_msg(fabs(mean - 0.5772156649) < 0.012, "mean %g", mean);
+    ck_assert_msg(fabs(var - 1.6449340668) < 0.06, "variance %g", var);
+    ck_assert(ts_rng_gumbel_f(5, 1, 2, TS_RNG_MASK_TOKEN, 77) == ts_rng_gumbel_f(5, 1, 2, TS_RNG_MASK_TOKEN, 77));
+    ck_assert(ts_rng_gumbel_f(5, 1, 2, TS_RNG_MASK_TOKEN, 77) != ts_rng_gumbel_f(5, 1, 2, TS_RNG_MASK_CONF, 77));
+    ck_assert(ts_rng_gumbel_f(5, 1, 2, TS_RNG_MASK_TOKEN, 77) != ts_rng_gumbel_f(6, 1, 2, TS_RNG_MASK_TOKEN, 77));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("ops");
@@ -445,6 +784,13 @@ int main(void)
     tcase_add_test(tc, test_group_norm_upsample);
     tcase_add_test(tc, test_spatial_attention);
     tcase_add_test(tc, test_embed);
+    tcase_add_test(tc, test_layernorm);
+    tcase_add_test(tc, test_activation);
+    tcase_add_test(tc, test_modulate_gated_add);
+    tcase_add_test(tc, test_scatter_add_rows);
+    tcase_add_test(tc, test_attention_dense);
+    tcase_add_test(tc, test_masked_pick);
+    tcase_add_test(tc, test_rng_gumbel);
     suite_add_tcase(s, tc);
     return ts_ck_run(&s, 1);
 }

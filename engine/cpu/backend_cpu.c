@@ -23,6 +23,7 @@
 #endif
 
 #include "../backend_impl.h"
+#include "../philox.h"
 #include "threadpool.h"
 
 /* OpenBLAS extension: its own thread count. */
@@ -490,6 +491,301 @@ static void cpu_attention(ts_backend *be, float *out, const float *q, int q_stri
     ts_pool_run(c->pool, n_seqs * n_head, attn_task, &j);
 }
 
+/* ------------------------------------------------------------------ ViT / MM-DiT ops */
+
+/* Rows per pool task of the row-wise ViT ops: a CLIP or MaskGen layer norms a few
+ * hundred rows of ~1k floats, so ~16 tasks per thread balance without much overhead. */
+static int rows_per_task(int m, int n_threads)
+{
+    int r = (m + 16 * n_threads - 1) / (16 * n_threads);
+    return r < 1 ? 1 : r;
+}
+
+typedef struct ln_job {
+    float *out;
+    const float *x, *w, *b;
+    int m, dim, rows;
+    float eps;
+} ln_job;
+
+/* Statistics in double, two passes (as group norm: activations with a large mean lose
+ * their variance in a one-pass float sum); the row is read in full before it is
+ * written, so out may alias x. */
+static void ln_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    ln_job *j = ctx;
+    int r0 = task * j->rows, r1 = r0 + j->rows < j->m ? r0 + j->rows : j->m;
+    for (int i = r0; i < r1; i++) {
+        const float *xi = j->x + (size_t)i * j->dim;
+        float *oi = j->out + (size_t)i * j->dim;
+        double sum = 0.0, var = 0.0;
+        for (int d = 0; d < j->dim; d++) sum += xi[d];
+        double mean = sum / j->dim;
+        for (int d = 0; d < j->dim; d++) var += (xi[d] - mean) * (xi[d] - mean);
+        var /= j->dim;
+        float inv = (float)(1.0 / sqrt(var + j->eps)), fm = (float)mean;
+        for (int d = 0; d < j->dim; d++) {
+            float y = (xi[d] - fm) * inv;
+            if (j->w) y *= j->w[d];
+            if (j->b) y += j->b[d];
+            oi[d] = y;
+        }
+    }
+}
+
+static void cpu_layernorm(ts_backend *be, float *out, const float *x, const float *w,
+                          const float *b, int m, int dim, float eps)
+{
+    int rows = rows_per_task(m, be->n_threads);
+    ln_job j = {out, x, w, b, m, dim, rows, eps};
+    ts_pool_run(cpu(be)->pool, (m + rows - 1) / rows, ln_task, &j);
+}
+
+/* One element of each activation, in float as torch computes them in fp32. */
+static inline float act_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+static inline float act_gelu_tanh(float x)
+{
+    float x3 = x * x * x;   /* torch's grouping: kappa * x^3 */
+    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x3)));
+}
+
+static inline float act_quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
+static inline float act_silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Elements per activation task: a MaskGen MLP's hidden layer is ~10^6 floats, and erf
+ * or tanh of each is worth spreading over the threads. */
+#define ACT_CHUNK 16384
+
+typedef struct act_job {
+    float *out;
+    const float *x;
+    size_t n;
+    ts_act act;
+} act_job;
+
+/* A switch per chunk, not per element, so each loop is a plain map the compiler can
+ * unroll. Element i is read before it is written: out may alias x. */
+static void act_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    act_job *j = ctx;
+    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < j->n ? i0 + ACT_CHUNK : j->n;
+    float *o = j->out;
+    const float *x = j->x;
+    switch (j->act) {
+    case TS_ACT_GELU:       for (size_t i = i0; i < i1; i++) o[i] = act_gelu(x[i]); break;
+    case TS_ACT_GELU_TANH:  for (size_t i = i0; i < i1; i++) o[i] = act_gelu_tanh(x[i]); break;
+    case TS_ACT_QUICK_GELU: for (size_t i = i0; i < i1; i++) o[i] = act_quick_gelu(x[i]); break;
+    case TS_ACT_SILU:       for (size_t i = i0; i < i1; i++) o[i] = act_silu(x[i]); break;
+    }
+}
+
+static void cpu_activation(ts_backend *be, float *out, const float *x, size_t n, ts_act act)
+{
+    act_job j = {out, x, n, act};
+    ts_pool_run(cpu(be)->pool, (int)((n + ACT_CHUNK - 1) / ACT_CHUNK), act_task, &j);
+}
+
+/* adaLN-Zero: x * (1 + scale) + shift with the item's vectors, torch's order of operations. */
+static void cpu_modulate(ts_backend *be, float *out, const float *x, const float *shift,
+                         const float *scale, int mod_stride, int m, int dim, int rows_per_item)
+{
+    (void)be;
+    for (int r = 0; r < m; r++) {
+        size_t mo = (size_t)(r / rows_per_item) * mod_stride;
+        const float *sc = scale + mo, *sh = shift ? shift + mo : NULL;
+        const float *xr = x + (size_t)r * dim;
+        float *o = out + (size_t)r * dim;
+        if (sh)
+            for (int d = 0; d < dim; d++) o[d] = xr[d] * (1.0f + sc[d]) + sh[d];
+        else
+            for (int d = 0; d < dim; d++) o[d] = xr[d] * (1.0f + sc[d]);
+    }
+}
+
+static void cpu_gated_add(ts_backend *be, float *x, const float *y, const float *gate,
+                          int mod_stride, int m, int dim, int rows_per_item)
+{
+    (void)be;
+    for (int r = 0; r < m; r++) {
+        const float *g = gate + (size_t)(r / rows_per_item) * mod_stride;
+        const float *yr = y + (size_t)r * dim;
+        float *xr = x + (size_t)r * dim;
+        for (int d = 0; d < dim; d++) xr[d] += g[d] * yr[d];
+    }
+}
+
+static void cpu_scatter_add_rows(ts_backend *be, float *x, const float *y, const int32_t *rows,
+                                 int n, int dim)
+{
+    (void)be;
+    for (int i = 0; i < n; i++) {
+        float *xr = x + (size_t)rows[i] * dim;
+        const float *yr = y + (size_t)i * dim;
+        for (int d = 0; d < dim; d++) xr[d] += yr[d];
+    }
+}
+
+typedef struct dattn_job {
+    float *out;
+    const float *q, *k, *v;
+    int stride, n_head, head_dim;
+    const int32_t *rows;
+    int seq_len, causal;
+    cpu_backend *be;
+} dattn_job;
+
+/* Copies head h of the seq_len rows of sequence s of x into dst [seq_len, head_dim]. */
+static void dattn_gather(float *dst, const float *x, const dattn_job *j, int s, int h)
+{
+    for (int p = 0; p < j->seq_len; p++) {
+        size_t i = (size_t)s * j->seq_len + p;
+        size_t r = j->rows ? (size_t)j->rows[i] : i;
+        memcpy(dst + (size_t)p * j->head_dim, x + r * j->stride + (size_t)h * j->head_dim,
+               (size_t)j->head_dim * sizeof *dst);
+    }
+}
+
+/* One (sequence, head) pair. Its q, k and v heads are gathered into contiguous panels
+ * (rows may be scattered and the stride wide), then per chunk of queries S = Q K^T
+ * (sgemm), a row softmax, and O = P V (sgemm), as spatial attention does: every query
+ * meets every key, so blocked products beat a separate dot per score. The chunk
+ * only bounds the scores' memory; its size depends on seq_len and head_dim alone, so a
+ * sequence's result does not depend on what else is in the batch. Causal chunks stop
+ * the keys at their last query and zero the scores above each query's position. */
+static void dattn_task(void *ctx, int task, int thread)
+{
+    dattn_job *j = ctx;
+    int s = task / j->n_head, h = task % j->n_head;
+    int L = j->seq_len, hd = j->head_dim;
+    size_t panel = (size_t)L * hd;
+    /* panels Q, K, V, O, then the scores of a chunk of qc queries */
+    float *buf = j->be->scratch[thread], *own = NULL;
+    size_t avail = SCRATCH_FLOATS > 4 * panel ? SCRATCH_FLOATS - 4 * panel : 0;
+    int qc = avail / (size_t)L < (size_t)L ? (int)(avail / (size_t)L) : L;
+    if (qc < 1) {   /* beyond any model's length: a buffer of this task's own */
+        qc = L < 64 ? L : 64;
+        buf = own = xmalloc((4 * panel + (size_t)qc * L) * sizeof *buf);
+    }
+    float *Q = buf, *K = Q + panel, *V = K + panel, *O = V + panel, *S = O + panel;
+    dattn_gather(Q, j->q, j, s, h);
+    dattn_gather(K, j->k, j, s, h);
+    dattn_gather(V, j->v, j, s, h);
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int i0 = 0; i0 < L; i0 += qc) {
+        int nq = L - i0 < qc ? L - i0 : qc;
+        int nk = j->causal ? i0 + nq : L;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale,
+                    Q + (size_t)i0 * hd, hd, K, hd, 0.0f, S, nk);
+        for (int r = 0; r < nq; r++) {
+            float *row = S + (size_t)r * nk;
+            int n = j->causal ? i0 + r + 1 : nk;   /* keys this query sees */
+            float mx = -INFINITY, sum = 0.0f;
+            for (int t = 0; t < n; t++) mx = row[t] > mx ? row[t] : mx;
+            for (int t = 0; t < n; t++) sum += (row[t] = expf(row[t] - mx));
+            float inv = 1.0f / sum;
+            for (int t = 0; t < n; t++) row[t] *= inv;
+            for (int t = n; t < nk; t++) row[t] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, S, nk, V, hd,
+                    0.0f, O + (size_t)i0 * hd, hd);
+    }
+    /* out rows: the query's buffer row, stride n_head * head_dim */
+    size_t od = (size_t)j->n_head * hd;
+    for (int p = 0; p < L; p++) {
+        size_t i = (size_t)s * L + p;
+        size_t r = j->rows ? (size_t)j->rows[i] : i;
+        memcpy(j->out + r * od + (size_t)h * hd, O + (size_t)p * hd, (size_t)hd * sizeof *O);
+    }
+    free(own);
+}
+
+static void cpu_attention_dense(ts_backend *be, float *out, const float *q, const float *k,
+                                const float *v, int stride, int n_head, int head_dim,
+                                const int32_t *rows, int n_seq, int seq_len, int causal)
+{
+    cpu_backend *c = cpu(be);
+    dattn_job j = {out, q, k, v, stride, n_head, head_dim, rows, seq_len, causal, c};
+    ts_pool_run(c->pool, n_seq * n_head, dattn_task, &j);
+}
+
+/* ------------------------------------------------------------------ masked decoding */
+
+/* The guided, tempered logit of one vocabulary entry, rounded step by step in MaskGen's
+ * order (cond + (cond - uncond) * guidance, then / softmax_temp), as its fp32 PyTorch
+ * reference does; the build does not contract these into FMAs (-std=c11). */
+static inline float guided_logit(const float *cond, const float *uncond, int v, float guidance,
+                                 float softmax_temp)
+{
+    float l = uncond ? cond[v] + (cond[v] - uncond[v]) * guidance : cond[v];
+    return l / softmax_temp;
+}
+
+/* ts_rng_gumbel_f's noise from one Philox word (engine/philox.c: keep the two equal; the
+ * masked-pick test compares with ts_rng_gumbel_f itself). Here one Philox block serves
+ * the four consecutive indices it covers, a quarter of the generator's work. */
+static inline float gumbel_from_word(uint32_t w)
+{
+    float u = ((float)(w >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    return -logf(-logf(u));
+}
+
+typedef struct pick_job {
+    int32_t *ids;
+    float *logit;
+    const ts_masked_row *rows;
+    int n_pos, vocab;
+} pick_job;
+
+/* One (row, position): argmax of l[v] + noise_temp * g[v] over ascending v with a strict
+ * comparison, so equal maxima go to the lowest index. Without noise the RNG is never
+ * called: pure argmax. */
+static void pick_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    pick_job *j = ctx;
+    const ts_masked_row *r = &j->rows[task / j->n_pos];
+    int p = task % j->n_pos, V = j->vocab;
+    const float *cond = r->cond + (size_t)p * V;
+    const float *uncond = r->uncond ? r->uncond + (size_t)p * V : NULL;
+    int noisy = r->noise_temp != 0.0f;
+    uint32_t base = (uint32_t)p * (uint32_t)V, key[2] = {(uint32_t)r->seed, (uint32_t)(r->seed >> 32)};
+    uint32_t words[4] = {0}, block = 0;
+    int have_block = 0;
+    int best_v = 0;
+    float best = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        float s = guided_logit(cond, uncond, v, r->guidance, r->softmax_temp);
+        if (noisy) {
+            uint32_t idx = base + (uint32_t)v;
+            if (!have_block || idx / 4 != block) {
+                block = idx / 4;
+                uint32_t ctr[4] = {r->image, r->step, TS_RNG_MASK_TOKEN, block};
+                ts_philox4x32(ctr, key, words);
+                have_block = 1;
+            }
+            s = s + r->noise_temp * gumbel_from_word(words[idx % 4]);
+        }
+        if (s > best) {
+            best = s;
+            best_v = v;
+        }
+    }
+    j->ids[task] = best_v;
+    j->logit[task] = guided_logit(cond, uncond, best_v, r->guidance, r->softmax_temp);
+}
+
+/* Host memory is backend memory here: the outputs are written in place. */
+static void cpu_masked_pick(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
+                            int n, int n_pos, int vocab)
+{
+    if (n_pos <= 0 || vocab <= 0) return;
+    pick_job j = {ids, logit, rows, n_pos, vocab};
+    ts_pool_run(cpu(be)->pool, n * n_pos, pick_task, &j);
+}
+
 /* ------------------------------------------------------------------ convolution */
 
 typedef struct conv_job {
@@ -783,6 +1079,13 @@ static const ts_backend_ops cpu_ops = {
     .upsample2x = cpu_upsample2x,
     .spatial_attention = cpu_spatial_attention,
     .sample = cpu_sample,
+    .layernorm = cpu_layernorm,
+    .activation = cpu_activation,
+    .modulate = cpu_modulate,
+    .gated_add = cpu_gated_add,
+    .scatter_add_rows = cpu_scatter_add_rows,
+    .attention_dense = cpu_attention_dense,
+    .masked_pick = cpu_masked_pick,
 };
 
 ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err)

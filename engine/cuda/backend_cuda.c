@@ -55,7 +55,8 @@ static void check_blas(cublasStatus_t s, const char *what, const char *file, int
 
 typedef enum op_kind {
     OP_EMBED = 1, OP_GATHER, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_SWIGLU, OP_ADD, OP_KV_STORE,
-    OP_ATTENTION, OP_SAMPLE, OP_COPY,
+    OP_ATTENTION, OP_SAMPLE, OP_COPY, OP_LAYERNORM, OP_ACTIVATION, OP_MODULATE, OP_GATED_ADD,
+    OP_SCATTER_ADD, OP_ATTENTION_DENSE, OP_MASKED_PICK,
 } op_kind;
 
 /* One op with its arguments; p[] are device pointers (staged indices included), i[]
@@ -98,6 +99,9 @@ typedef struct cuda_backend {
     size_t smp_ws_cap;
     int32_t *tokens_dev, *tokens_host;   /* sample results; host side pinned */
     int tokens_cap;
+    int32_t *pick_ids_dev, *pick_ids_host;       /* masked picks; host sides pinned */
+    float *pick_logit_dev, *pick_logit_host;
+    int pick_cap;
 
     /* the step being recorded */
     int recording;
@@ -232,6 +236,30 @@ static void run_op(cuda_backend *c, const op *o)
         break;
     case OP_COPY:
         CK(cudaMemcpyAsync(o->p[0], o->p[1], (size_t)o->i[0], cudaMemcpyDeviceToDevice, s));
+        break;
+    case OP_LAYERNORM:
+        CK(tsk_layernorm(s, o->p[0], o->p[1], o->p[2], o->p[3], (int)o->i[0], (int)o->i[1], o->f[0]));
+        break;
+    case OP_ACTIVATION:
+        CK(tsk_activation(s, o->p[0], o->p[1], (size_t)o->i[0], (int)o->i[1]));
+        break;
+    case OP_MODULATE:
+        CK(tsk_modulate(s, o->p[0], o->p[1], o->p[2], o->p[3], (int)o->i[0], (int)o->i[1],
+                        (int)o->i[2], (int)o->i[3]));
+        break;
+    case OP_GATED_ADD:
+        CK(tsk_gated_add(s, o->p[0], o->p[1], o->p[2], (int)o->i[0], (int)o->i[1], (int)o->i[2],
+                         (int)o->i[3]));
+        break;
+    case OP_SCATTER_ADD:
+        CK(tsk_scatter_add_rows(s, o->p[0], o->p[1], o->p[2], (int)o->i[0], (int)o->i[1]));
+        break;
+    case OP_ATTENTION_DENSE:
+        CK(tsk_attention_dense(s, o->p[0], o->p[1], o->p[2], o->p[3], (int)o->i[0], (int)o->i[1],
+                               (int)o->i[2], o->p[4], (int)o->i[3], (int)o->i[4], (int)o->i[5]));
+        break;
+    case OP_MASKED_PICK:
+        CK(tsk_masked_pick(s, o->p[0], o->p[1], o->p[2], (int)o->i[0], (int)o->i[1], (int)o->i[2]));
         break;
     }
 }
@@ -697,6 +725,154 @@ static void cu_sample(ts_backend *be, int32_t *tokens, const ts_sample_row *rows
     memcpy(tokens, c->tokens_host, (size_t)n * sizeof *tokens);
 }
 
+/* ------------------------------------------------------------------ ViT / MM-DiT ops */
+/* Float activations in both modes; recorded like the transformer ops, index arrays staged. */
+
+static void cu_layernorm(ts_backend *be, float *out, const float *x, const float *w,
+                         const float *b, int m, int dim, float eps)
+{
+    op o = new_op(OP_LAYERNORM);
+    o.p[0] = out;
+    o.p[1] = (void *)x;
+    o.p[2] = (void *)w;
+    o.p[3] = (void *)b;
+    o.i[0] = m;
+    o.i[1] = dim;
+    o.f[0] = eps;
+    submit(cu(be), &o);
+}
+
+static void cu_activation(ts_backend *be, float *out, const float *x, size_t n, ts_act act)
+{
+    /* kernels.h does not see backend.h: its own numbering, mapped by name */
+    int a = TSK_ACT_GELU;
+    switch (act) {
+    case TS_ACT_GELU: a = TSK_ACT_GELU; break;
+    case TS_ACT_GELU_TANH: a = TSK_ACT_GELU_TANH; break;
+    case TS_ACT_QUICK_GELU: a = TSK_ACT_QUICK_GELU; break;
+    case TS_ACT_SILU: a = TSK_ACT_SILU; break;
+    }
+    op o = new_op(OP_ACTIVATION);
+    o.p[0] = out;
+    o.p[1] = (void *)x;
+    o.i[0] = (int64_t)n;
+    o.i[1] = a;
+    submit(cu(be), &o);
+}
+
+static void cu_modulate(ts_backend *be, float *out, const float *x, const float *shift,
+                        const float *scale, int mod_stride, int m, int dim, int rows_per_item)
+{
+    op o = new_op(OP_MODULATE);
+    o.p[0] = out;
+    o.p[1] = (void *)x;
+    o.p[2] = (void *)shift;
+    o.p[3] = (void *)scale;
+    o.i[0] = mod_stride;
+    o.i[1] = m;
+    o.i[2] = dim;
+    o.i[3] = rows_per_item;
+    submit(cu(be), &o);
+}
+
+static void cu_gated_add(ts_backend *be, float *x, const float *y, const float *gate,
+                         int mod_stride, int m, int dim, int rows_per_item)
+{
+    op o = new_op(OP_GATED_ADD);
+    o.p[0] = x;
+    o.p[1] = (void *)y;
+    o.p[2] = (void *)gate;
+    o.i[0] = mod_stride;
+    o.i[1] = m;
+    o.i[2] = dim;
+    o.i[3] = rows_per_item;
+    submit(cu(be), &o);
+}
+
+static void cu_scatter_add_rows(ts_backend *be, float *x, const float *y, const int32_t *rows,
+                                int n, int dim)
+{
+    cuda_backend *c = cu(be);
+    op o = new_op(OP_SCATTER_ADD);
+    o.p[0] = x;
+    o.p[1] = (void *)y;
+    o.p[2] = stage(c, rows, (size_t)n * sizeof *rows);
+    o.i[0] = n;
+    o.i[1] = dim;
+    submit(c, &o);
+}
+
+static void cu_attention_dense(ts_backend *be, float *out, const float *q, const float *k,
+                               const float *v, int stride, int n_head, int head_dim,
+                               const int32_t *rows, int n_seq, int seq_len, int causal)
+{
+    cuda_backend *c = cu(be);
+    op o = new_op(OP_ATTENTION_DENSE);
+    o.p[0] = out;
+    o.p[1] = (void *)q;
+    o.p[2] = (void *)k;
+    o.p[3] = (void *)v;
+    o.p[4] = rows ? stage(c, rows, (size_t)n_seq * seq_len * sizeof *rows) : NULL;
+    o.i[0] = stride;
+    o.i[1] = n_head;
+    o.i[2] = head_dim;
+    o.i[3] = n_seq;
+    o.i[4] = seq_len;
+    o.i[5] = causal;
+    submit(c, &o);
+}
+
+/* As cu_sample: the rows' records are staged, the picks land in backend-owned device
+ * buffers, and the host waits once for both copies back. */
+static void cu_masked_pick(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
+                           int n, int n_pos, int vocab)
+{
+    cuda_backend *c = cu(be);
+    if (n_pos <= 0 || vocab <= 0) return;
+    int total = n * n_pos;
+    if (total > c->pick_cap) {   /* grows outside any graph: flush first */
+        flush(c, 1);
+        sync_idle(c);
+        if (c->pick_ids_dev) CK(cudaFree(c->pick_ids_dev));
+        if (c->pick_logit_dev) CK(cudaFree(c->pick_logit_dev));
+        if (c->pick_ids_host) CK(cudaFreeHost(c->pick_ids_host));
+        if (c->pick_logit_host) CK(cudaFreeHost(c->pick_logit_host));
+        int cap = total < 1024 ? 1024 : total;
+        CK(cudaMalloc((void **)&c->pick_ids_dev, (size_t)cap * sizeof(int32_t)));
+        CK(cudaMalloc((void **)&c->pick_logit_dev, (size_t)cap * sizeof(float)));
+        CK(cudaMallocHost((void **)&c->pick_ids_host, (size_t)cap * sizeof(int32_t)));
+        CK(cudaMallocHost((void **)&c->pick_logit_host, (size_t)cap * sizeof(float)));
+        c->pick_cap = cap;
+    }
+    tsk_masked_row *recs = malloc((size_t)n * sizeof *recs);
+    if (!recs) {
+        fprintf(stderr, "tessera: out of host memory staging %d masked-pick rows\n", n);
+        abort();
+    }
+    for (int i = 0; i < n; i++) {
+        const ts_masked_row *r = &rows[i];
+        recs[i] = (tsk_masked_row){r->cond, r->uncond, r->guidance, r->softmax_temp, r->noise_temp,
+                                   r->image, r->step, 0, r->seed};
+    }
+    op o = new_op(OP_MASKED_PICK);
+    o.p[0] = c->pick_ids_dev;
+    o.p[1] = c->pick_logit_dev;
+    o.p[2] = stage(c, recs, (size_t)n * sizeof *recs);
+    o.i[0] = n;
+    o.i[1] = n_pos;
+    o.i[2] = vocab;
+    free(recs);
+    submit(c, &o);
+    flush(c, 1);
+    CK(cudaMemcpyAsync(c->pick_ids_host, c->pick_ids_dev, (size_t)total * sizeof(int32_t),
+                       cudaMemcpyDeviceToHost, c->stream));
+    CK(cudaMemcpyAsync(c->pick_logit_host, c->pick_logit_dev, (size_t)total * sizeof(float),
+                       cudaMemcpyDeviceToHost, c->stream));
+    sync_idle(c);
+    memcpy(ids, c->pick_ids_host, (size_t)total * sizeof *ids);
+    memcpy(logit, c->pick_logit_host, (size_t)total * sizeof *logit);
+}
+
 /* ------------------------------------------------------------------ convolutional ops */
 /* The VQ decoder runs once per image, outside any step: these ops run eagerly. */
 
@@ -777,8 +953,12 @@ static void cu_destroy(ts_backend *be)
     cudaFree(c->attn_scores);
     cudaFree(c->smp_ws);
     cudaFree(c->tokens_dev);
+    cudaFree(c->pick_ids_dev);
+    cudaFree(c->pick_logit_dev);
     cudaFree(c->stage_dev);
     if (c->tokens_host) cudaFreeHost(c->tokens_host);
+    if (c->pick_ids_host) cudaFreeHost(c->pick_ids_host);
+    if (c->pick_logit_host) cudaFreeHost(c->pick_logit_host);
     if (c->stage_host) cudaFreeHost(c->stage_host);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->ops);
@@ -815,6 +995,13 @@ static const ts_backend_ops cuda_ops = {
     .upsample2x = cu_upsample2x,
     .spatial_attention = cu_spatial_attention,
     .sample = cu_sample,
+    .layernorm = cu_layernorm,
+    .activation = cu_activation,
+    .modulate = cu_modulate,
+    .gated_add = cu_gated_add,
+    .scatter_add_rows = cu_scatter_add_rows,
+    .attention_dense = cu_attention_dense,
+    .masked_pick = cu_masked_pick,
 };
 
 #define BLAS_WORKSPACE (32u << 20)

@@ -115,6 +115,51 @@ cudaError_t tsk_upsample2x(cudaStream_t s, float *out, const float *in, int n, i
 /* In place over rows of x [rows, cols]: x = softmax(x * scale) per row. */
 cudaError_t tsk_softmax_rows(cudaStream_t s, float *x, int rows, int cols, float scale);
 
+/* ---- vit.cu (CLIP text tower, MaskGen MM-DiT, TA-TiTok decoder; all float) ---- */
+
+/* tsk_activation's functions, the values of ts_act in engine/backend.h. */
+enum { TSK_ACT_GELU = 0, TSK_ACT_GELU_TANH = 1, TSK_ACT_QUICK_GELU = 2, TSK_ACT_SILU = 3 };
+
+/* out[i] = (x[i] - mean) / sqrt(var + eps) (* w, + b where non-NULL) over rows of dim,
+ * biased variance; statistics in double as the CPU. out may alias x. */
+cudaError_t tsk_layernorm(cudaStream_t s, float *out, const float *x, const float *w,
+                          const float *b, int m, int dim, float eps);
+/* out[i] = act(x[i]) for a TSK_ACT_* act; out may alias x. */
+cudaError_t tsk_activation(cudaStream_t s, float *out, const float *x, size_t n, int act);
+/* As ts_be_modulate: out[r] = x[r] * (1 + scale_j) + shift_j, j = r / rows_per_item, the
+ * vectors at j * mod_stride; shift may be NULL. out may alias x. */
+cudaError_t tsk_modulate(cudaStream_t s, float *out, const float *x, const float *shift,
+                         const float *scale, int mod_stride, int m, int dim, int rows_per_item);
+/* As ts_be_gated_add: x[r] += gate_j * y[r]. */
+cudaError_t tsk_gated_add(cudaStream_t s, float *x, const float *y, const float *gate,
+                          int mod_stride, int m, int dim, int rows_per_item);
+/* x[rows[i], :] += y[i, :] for i < n (rows distinct). */
+cudaError_t tsk_scatter_add_rows(cudaStream_t s, float *x, const float *y, const int32_t *rows,
+                                 int n, int dim);
+/* As ts_be_attention_dense: attention within each of n_seq sequences of seq_len
+ * positions (rows NULL: position p of sequence s is row s * seq_len + p), q/k/v rows of
+ * `stride` floats, out rows of n_head * head_dim. head_dim <= 128; n_head and n_seq at
+ * most 65535; shared memory grows with seq_len (about 64 bytes a position: 512
+ * positions take 74 KiB at head_dim 128, the opt-in limit of an H100 allows ~2900). */
+cudaError_t tsk_attention_dense(cudaStream_t s, float *out, const float *q, const float *k,
+                                const float *v, int stride, int n_head, int head_dim,
+                                const int32_t *rows, int n_seq, int seq_len, int causal);
+
+/* One image's masked-decoding picks, as ts_masked_row. */
+typedef struct tsk_masked_row {
+    const float *cond, *uncond;   /* [n_pos][vocab]; uncond NULL: no guidance */
+    float guidance, softmax_temp, noise_temp;
+    uint32_t image, step, pad;
+    uint64_t seed;
+} tsk_masked_row;
+
+/* For row i and position p, ids[i * n_pos + p] and logit[i * n_pos + p] as
+ * ts_be_masked_pick: argmax (lowest index on ties) of the guided, tempered logit plus
+ * noise_temp times the Gumbel noise of engine/philox.c (the same Philox integers; logf
+ * may differ from the host's in the last bit). Device outputs. */
+cudaError_t tsk_masked_pick(cudaStream_t s, int32_t *ids, float *logit,
+                            const tsk_masked_row *rows, int n, int n_pos, int vocab);
+
 #ifdef __cplusplus
 }
 #endif
