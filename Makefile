@@ -45,7 +45,7 @@ endif
 CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVCCFLAGS := -std=c++17 -O3 $(CUDA_ARCH) -I. -Xcompiler -Wall,-Wextra -MMD -MP $(EXTRA_NVCCFLAGS)
 
-ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c engine/models/*.c)
+ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c engine/models/*.c engine/text/*.c)
 ifeq ($(CUDA),1)
 ifeq ($(NVCC),)
 $(error CUDA=1 but nvcc was not found (PATH or $(CUDA_HOME)/bin))
@@ -116,10 +116,13 @@ test-c: $(TEST_BIN) $(BUILD)/tessera
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; ./$$t; done
 
 # The CLI as a user drives it, the converter against official-layout checkpoints, and the
-# CLI end to end against the PyTorch reference (needs python3-torch: scripts/install-deps.sh).
-test-python: $(BUILD)/tessera
+# CLI end to end against the PyTorch reference (needs python3-torch: scripts/install-deps.sh);
+# the CLIP tokenizer's reference and fixtures (on the real vocabulary too when
+# TESSERA_CLIP_VOCAB names bpe_simple_vocab_16e6.txt.gz).
+test-python: $(BUILD)/tessera $(BUILD)/tests/test_clip_tokenizer
 	$(PYTHON) tests/test_cli.py $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
+	$(PYTHON) tests/reference/test_clip_tokenizer.py $(BUILD)/tests/test_clip_tokenizer
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
 
 # On a machine with an NVIDIA GPU: the CUDA kernels against the CPU backend, then the

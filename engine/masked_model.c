@@ -7,22 +7,7 @@
 
 #include "model.h"
 
-/* TEMPORARY until engine/text/clip_tokenizer.c lands (same session). */
-#if __has_include("text/clip_tokenizer.h")
 #include "text/clip_tokenizer.h"
-#else
-static int ts_clip_tok_load(const char *p, int v, ts_clip_tok **o, ts_error *e)
-{
-    (void)p; (void)v; *o = NULL;
-    return ts_fail(e, TS_ERR_UNSUPPORTED, "CLIP tokenizer not built yet");
-}
-static void ts_clip_tok_free(ts_clip_tok *t) { (void)t; }
-static int ts_clip_tok_encode(const ts_clip_tok *t, const char *s, int32_t *ids, int n, ts_error *e)
-{
-    (void)t; (void)s; (void)ids; (void)n;
-    return ts_fail(e, TS_ERR_UNSUPPORTED, "CLIP tokenizer not built yet");
-}
-#endif
 
 static const json_t *section(const json_t *root, const char *name, ts_error *err)
 {

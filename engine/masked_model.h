@@ -16,8 +16,7 @@
 #include "models/clip_text.h"
 #include "models/maskgen.h"
 #include "models/titok_decoder.h"
-
-typedef struct ts_clip_tok ts_clip_tok;   /* text/clip_tokenizer.h */
+#include "text/clip_tokenizer.h"
 
 typedef struct ts_masked_model {
     ts_backend *be;

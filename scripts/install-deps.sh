@@ -12,6 +12,7 @@ packages=(
     libopenblas-dev                 # BLAS for the CPU backend (pulls libopenblas0-pthread)
     check libsubunit-dev            # unit tests
     python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
+    python3-regex                   # CLIP tokenizer reference (\p{L} classes)
     python3-torchvision             # ImageNet class names for converted models
     time                            # /usr/bin/time for peak memory in bench/
     chromium                        # the web page's test in a real browser (tests/web/)
