@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "engine/masked.h"
 #include "engine/model.h"
 
@@ -236,7 +238,7 @@ START_TEST(test_schedule_counts)
     ck_assert_float_eq_tol(ts_mask_guidance(&p, 15), 12.0f, 1e-6f);
     ck_assert_float_eq_tol(ts_mask_guidance(&p, 0), 1.105684f, 1e-5f);   /* 11 (1 - cos(pi/16)) / 2 + 1 */
     ck_assert_float_eq_tol(ts_mask_softmax_temp(&p, 0), 1.25f, 1e-6f);
-    ck_assert_float_eq_tol(ts_mask_noise_temp(&p, 15), 0.0f, 0.0f);
+    ck_assert(ts_mask_noise_temp(&p, 15) == 0.0f);   /* the last step is never noisy */
 }
 END_TEST
 
@@ -365,6 +367,77 @@ START_TEST(test_sampled_batch_invariance)
 }
 END_TEST
 
+/* The fixture's prompts, from expected.safetensors' metadata (a JSON list). */
+static json_t *fixture_prompts(void)
+{
+    FILE *f = fopen(DIR "/expected.safetensors", "rb");
+    ck_assert(f != NULL);
+    uint64_t len = 0;
+    ck_assert_int_eq(fread(&len, 8, 1, f), 1);
+    ck_assert(len < (1u << 20));
+    char *hdr = calloc(1, (size_t)len + 1);
+    ck_assert_int_eq(fread(hdr, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    json_t *root = json_loads(hdr, 0, NULL);
+    free(hdr);
+    ck_assert(root != NULL);
+    const char *text = json_string_value(json_object_get(json_object_get(root, "__metadata__"),
+                                                         "prompts"));
+    ck_assert(text != NULL);
+    json_t *list = json_loads(text, 0, NULL);
+    json_decref(root);
+    ck_assert(json_is_array(list));
+    return list;
+}
+
+/* Prompt text to image, the way the CLI and the server run it: the C tokenizer gives
+ * the reference's ids, and ts_masked_generate the reference's greedy tokens. */
+START_TEST(test_prompt_end_to_end)
+{
+    fixture f;
+    fixture_open(&f);
+    json_t *list = fixture_prompts();
+    int T = f.mm->clip->cfg.context, N = f.mm->gen->cfg.num_tokens;
+    size_t n_ids;
+    const int32_t *ids = expect(&f, "clip.ids", TS_I32, &n_ids);
+    ck_assert_uint_eq(json_array_size(list), n_ids / (size_t)T);
+    int32_t *got = malloc((size_t)T * sizeof *got);
+    ts_error err = {0};
+    for (size_t p = 0; p < json_array_size(list); p++) {
+        const char *text = json_string_value(json_array_get(list, p));
+        ck_assert_int_eq(ts_clip_tok_encode(f.mm->bpe, text, got, T, &err), 0);
+        ck_assert_msg(memcmp(got, ids + p * T, (size_t)T * sizeof *got) == 0,
+                      "token ids of prompt %zu differ", p);
+    }
+    size_t n;
+    const int32_t *want = expect(&f, "greedy.tokens", TS_I32, &n);
+    const int32_t *prompt = expect(&f, "greedy.prompt", TS_I32, NULL);
+    const int32_t *want_u8 = expect(&f, "greedy.image_u8", TS_I32, NULL);
+    int K = (int)(n / (size_t)N), S = f.mm->image_size;
+    ts_mask_params p = {.steps = *(const int32_t *)expect(&f, "greedy.steps", TS_I32, NULL),
+                        .guidance = *(const float *)expect(&f, "greedy.guidance", TS_F32, NULL),
+                        .randomize_temperature = 0.0f,
+                        .aesthetic = *(const float *)expect(&f, "greedy.aesthetic", TS_F32, NULL),
+                        .seed = 5};
+    const char **texts = malloc((size_t)K * sizeof *texts);
+    for (int k = 0; k < K; k++) texts[k] = json_string_value(json_array_get(list, prompt[k]));
+    int32_t *tokens = malloc((size_t)K * N * sizeof *tokens);
+    uint8_t *rgb = malloc((size_t)K * S * S * 3);
+    ck_assert_msg(ts_masked_generate(f.mm, &p, texts, K, tokens, rgb, NULL, NULL, &err) == 0,
+                  "%s", err.msg);
+    ck_assert_int_eq(memcmp(tokens, want, (size_t)K * N * sizeof *tokens), 0);
+    int off = 0;
+    for (size_t i = 0; i < (size_t)K * S * S * 3; i++) off += abs((int)rgb[i] - want_u8[i]) > 1;
+    ck_assert_msg(off == 0, "%d 8-bit values differ by more than one level", off);
+    free(texts);
+    free(tokens);
+    free(rgb);
+    free(got);
+    json_decref(list);
+    fixture_close(&f);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("maskgen");
@@ -376,6 +449,7 @@ int main(void)
     tcase_add_test(tc, test_decoder_pixels);
     tcase_add_test(tc, test_greedy_tokens);
     tcase_add_test(tc, test_sampled_batch_invariance);
+    tcase_add_test(tc, test_prompt_end_to_end);
     suite_add_tcase(s, tc);
     return ts_ck_run(&s, 1);
 }

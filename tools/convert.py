@@ -3,21 +3,33 @@
 
     convert.py llamagen --gpt c2i_B_256.pt --vq vq_ds16_c2i.pt --image-size 256 --out DIR
                [--dtype f32|bf16|f16] [--gpt-model GPT-B] [--n-head N]
+    convert.py maskgen --generator DIR_OR_FILE --tokenizer DIR_OR_FILE --clip FILE
+               --clip-vocab FILE --out DIR [--dtype f32|bf16|f16]
+               [--clip-act quick_gelu|gelu] [--generator-config F] [--tokenizer-config F]
 
-Writes DIR/config.json, DIR/gpt.safetensors and DIR/vq.safetensors. Every hyper-parameter
-is read off the tensor shapes (upstream's checkpoints carry no config), and the key set is
-checked exactly against what those hyper-parameters imply, so a checkpoint of another
-architecture is refused with the names of the offending keys instead of half-loading.
+llamagen writes DIR/config.json, DIR/gpt.safetensors and DIR/vq.safetensors. Every
+hyper-parameter is read off the tensor shapes (upstream's checkpoints carry no config), and
+the key set is checked exactly against what those hyper-parameters imply, so a checkpoint
+of another architecture is refused with the names of the offending keys instead of
+half-loading.
 
-The layout helpers (gpt_shapes, vq_decoder_shapes, vq_encoder_shapes, GPT_SIZES) are also
-used by make_random_checkpoints.py and the reference implementation.
+maskgen (MaskGen-VQ + TA-TiTok VQ + the CLIP text tower) writes DIR/config.json,
+clip_text.safetensors, clip_bpe.txt, generator.safetensors and tokenizer.safetensors. It
+reads the sizes off the shapes too, and cross-checks them with upstream's nested
+config.json (or yaml) when there is one; KL/VAE and legacy tokenizers are refused.
+
+The layout helpers (gpt_shapes, vq_decoder_shapes, vq_encoder_shapes, GPT_SIZES,
+clip_text_shapes, maskgen_shapes, tatitok_decoder_shapes, tatitok_encoder_shapes) are also
+used by the random-checkpoint writers and the reference implementations.
 """
 import argparse
 import gc
 import json
+import math
 import os
 import re
 import sys
+import warnings
 
 import torch
 
@@ -395,6 +407,608 @@ def convert_llamagen(args):
           "with VQ" if vq_cfg else "GPT only", args.dtype))
 
 
+# ---------------------------------------------------------------------------------------
+# MaskGen-VQ text-to-image: CLIP text tower + MaskGen_VQ generator + TA-TiTok VQ decoder.
+#
+# Layout sources: open_clip's CLIP (text half), bytedance/1d-tokenizer's MaskGen_VQ (built
+# from diffusers' JointTransformerBlock) and TATiTok. The official HF folders carry a
+# nested config.json {"model": {"vq_model": {...}, "maskgen": {...}}, "dataset": {...}};
+# every size is also read off the tensor shapes and the two are cross-checked.
+
+# TiTok's ViT table (modeling/modules/blocks.py): name -> (width, layers, heads).
+TITOK_VIT_SIZES = {"small": (512, 8, 8), "base": (768, 12, 12), "large": (1024, 24, 16)}
+# The released generators (configs/infer/MaskGen/maskgen_vq_*.yaml): (dim, depth, heads).
+MASKGEN_SIZES = {"L": (1024, 16, 16), "XL": (1280, 20, 16)}
+CLIP_HEAD_DIM = 64           # OpenAI CLIP text towers: heads = width / 64
+CLIP_NORM_EPS = 1e-5
+CLIP_ACTS = ("quick_gelu", "gelu")
+CLIP_VOCAB_SPECIALS = 514    # 256 byte symbols, the same with "</w>", sot and eot
+MASKGEN_NORM_EPS = 1e-6
+TITOK_NORM_EPS = 1e-5
+AESTHETIC_MAX_PERIOD = 1000
+# What upstream's demo passes to MaskGen_VQ.generate (README_MaskGen.md) and the inference
+# yamls hold (cfg, num_iter, temperature, sample_aesthetic_score).
+MASKGEN_SAMPLING = {"steps": 16, "guidance": 12.0, "guidance_decay": "cosine",
+                    "randomize_temperature": 2.0, "aesthetic": 6.5,
+                    "softmax_temperature_annealing": True}
+# Upstream's fallback when a config has no sample_aesthetic_score (MaskGen_VQ.__init__).
+MASKGEN_AESTHETIC_IF_UNSET = 6.0
+# Keys an open_clip CLIP (or OpenAI TorchScript) file carries beside the text tower.
+CLIP_DROPPED = ("logit_scale", "attn_mask", "input_resolution", "context_length",
+                "vocab_size")
+CLIP_DROPPED_PREFIXES = ("visual.",)
+# TA-TiTok parts the decoder never reads: the encoder, its learned latent queries and
+# clustering-VQ's usage buffer.
+TITOK_DROPPED = ("latent_tokens", "quantize.embed_prob")
+TITOK_DROPPED_PREFIXES = ("encoder.",)
+
+
+def _linear(shapes, name, cin, cout, bias=True):
+    shapes[name + ".weight"] = [cout, cin]
+    if bias:
+        shapes[name + ".bias"] = [cout]
+
+
+def _vit_block(shapes, p, width):
+    """open_clip / TiTok ResidualAttentionBlock: pre-LN, nn.MultiheadAttention, MLP x4."""
+    _norm(shapes, p + "ln_1", width)
+    shapes[p + "attn.in_proj_weight"] = [3 * width, width]
+    shapes[p + "attn.in_proj_bias"] = [3 * width]
+    _linear(shapes, p + "attn.out_proj", width, width)
+    _norm(shapes, p + "ln_2", width)
+    _linear(shapes, p + "mlp.c_fc", width, 4 * width)
+    _linear(shapes, p + "mlp.c_proj", 4 * width, width)
+
+
+def clip_text_shapes(c, tessera=False):
+    """The text tower of an open_clip CLIP, for the clip section of config.json.
+
+    Official files hold text_projection as a [width, proj_dim] parameter used as
+    x @ text_projection; Tessera stores it as a Linear weight, text_projection.weight
+    [proj_dim, width] (tessera=True)."""
+    w = c["width"]
+    s = {"token_embedding.weight": [c["vocab_size"], w],
+         "positional_embedding": [c["context_length"], w]}
+    for i in range(c["n_layer"]):
+        _vit_block(s, "transformer.resblocks.%d." % i, w)
+    _norm(s, "ln_final", w)
+    if tessera:
+        s["text_projection.weight"] = [c["proj_dim"], w]
+    else:
+        s["text_projection"] = [w, c["proj_dim"]]
+    return s
+
+
+def maskgen_shapes(g):
+    """MaskGen_VQ tensors for the generator section (without lm_head.weight, which upstream
+    ties to embeddings.weight). The last block is diffusers' context_pre_only block: a
+    2-way AdaLayerNormContinuous on the text stream and no to_add_out / ff_context."""
+    d = g["dim"]
+    s = {"embeddings.weight": [g["embed_rows"], d], "pos_embed": [1, g["num_tokens"], d]}
+    _linear(s, "text_embed_proj", g["text_dim"], d)
+    _linear(s, "cond_pooled_proj", g["text_dim"] + g["micro_cond_dim"], d)
+    for i in range(g["depth"]):
+        p = "blocks.%d." % i
+        last = i == g["depth"] - 1
+        _linear(s, p + "norm1.linear", d, 6 * d)
+        _linear(s, p + "norm1_context.linear", d, (2 if last else 6) * d)
+        for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj",
+                     "to_out.0"):
+            _linear(s, p + "attn." + name, d, d)
+        _linear(s, p + "ff.net.0.proj", d, 4 * d)
+        _linear(s, p + "ff.net.2", 4 * d, d)
+        if not last:
+            _linear(s, p + "attn.to_add_out", d, d)
+            _linear(s, p + "ff_context.net.0.proj", d, 4 * d)
+            _linear(s, p + "ff_context.net.2", 4 * d, d)
+    _linear(s, "norm.linear", d, 2 * d)
+    return s
+
+
+def tatitok_decoder_shapes(t):
+    """TA-TiTok (VQ, non-legacy) tensors the server uses, for the tokenizer section."""
+    w, grid = t["width"], t["grid_size"]
+    s = {"quantize.embedding.weight": [t["codebook_size"], t["token_size"]]}
+    p = "decoder."
+    _linear(s, p + "decoder_embed", t["token_size"], w)
+    s[p + "class_embedding"] = [1, w]
+    s[p + "positional_embedding"] = [grid * grid + 1, w]
+    s[p + "mask_token"] = [1, 1, w]
+    s[p + "latent_token_positional_embedding"] = [t["num_tokens"], w]
+    _norm(s, p + "ln_pre", w)
+    for i in range(t["n_layer"]):
+        _vit_block(s, p + "transformer.%d." % i, w)
+    _norm(s, p + "ln_post", w)
+    _conv(s, p + "ffn.0", w, t["patch_size"] ** 2 * 3, 1)
+    _conv(s, p + "conv_out", 3, 3, 3)
+    _linear(s, p + "text_guidance_proj", t["text_dim"], w)
+    s[p + "text_guidance_positional_embedding"] = [t["text_context"], w]
+    return s
+
+
+def tatitok_encoder_shapes(e):
+    """The training-only half of a TA-TiTok VQ checkpoint (dropped by the converter).
+    e: width, n_layer, patch_size, grid_size, num_tokens, token_size."""
+    w, grid = e["width"], e["grid_size"]
+    s = {"latent_tokens": [e["num_tokens"], w]}
+    p = "encoder."
+    _conv(s, p + "patch_embed", 3, w, e["patch_size"])
+    s[p + "class_embedding"] = [1, w]
+    s[p + "positional_embedding"] = [grid * grid + 1, w]
+    s[p + "latent_token_positional_embedding"] = [e["num_tokens"], w]
+    _norm(s, p + "ln_pre", w)
+    for i in range(e["n_layer"]):
+        _vit_block(s, p + "transformer.%d." % i, w)
+    _norm(s, p + "ln_post", w)
+    _conv(s, p + "conv_out", w, e["token_size"], 1)
+    return s
+
+
+# --- reading the official files ------------------------------------------------------
+
+
+def _parse_yaml_scalar(text):
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [_parse_yaml_scalar(x) for x in inner.split(",")] if inner else []
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "~", ""):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_simple_yaml(path):
+    """The subset of YAML that upstream's configs use: nested mappings by indentation,
+    scalars, inline [lists] and '- item' lists of scalars, '#' comments."""
+    root = {}
+    stack = [(-1, root, None, None)]      # (indent, container, its owner, its key)
+    with open(path) as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.rstrip("\n")
+            quote = None
+            for i, ch in enumerate(line):   # drop a comment outside quotes
+                if ch in "'\"":
+                    quote = None if quote == ch else (quote or ch)
+                elif ch == "#" and quote is None and (i == 0 or line[i - 1] in " \t"):
+                    line = line[:i]
+                    break
+            if not line.strip():
+                continue
+            indent = len(line) - len(line.lstrip(" "))
+            body = line.strip()
+            while len(stack) > 1 and stack[-1][0] >= indent:
+                stack.pop()
+            _, container, owner, key = stack[-1]
+            if body == "-" or body.startswith("- "):
+                if container == {} and owner is not None:   # "key:" then "- item" lines
+                    container = owner[key] = []
+                    stack[-1] = (stack[-1][0], container, owner, key)
+                if not isinstance(container, list):
+                    raise ConvertError("%s:%d: unexpected list item" % (path, n))
+                container.append(_parse_yaml_scalar(body[1:]))
+                continue
+            if ":" not in body or not isinstance(container, dict):
+                raise ConvertError("%s:%d: cannot parse %r" % (path, n, body))
+            key, _, value = body.partition(":")
+            key = key.strip().strip("'\"")
+            if value.strip():
+                container[key] = _parse_yaml_scalar(value)
+            else:
+                container[key] = {}
+                stack.append((indent, container[key], container, key))
+    return root
+
+
+def read_upstream_config(path):
+    """An upstream config (config.json as _save_pretrained writes it, or a yaml)."""
+    try:
+        if path.endswith((".yaml", ".yml")):
+            cfg = read_simple_yaml(path)
+        else:
+            with open(path) as f:
+                cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConvertError("cannot read config %s: %s" % (path, e))
+    if isinstance(cfg, dict) and "model" not in cfg and isinstance(cfg.get("config"), dict):
+        cfg = cfg["config"]     # the hub mixin's {"config": {...}} wrapping
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ConvertError("config %s has no 'model' section (expected upstream's "
+                           "{\"model\": {\"vq_model\": ...}, \"dataset\": ...})" % path)
+    return cfg
+
+
+def _load_state_dict_file(path, what):
+    """A state dict from .safetensors, a torch pickle/zip (bare or wrapped in
+    model/state_dict/module) or a TorchScript archive (OpenAI's CLIP files)."""
+    if path.endswith(".safetensors"):
+        try:
+            return stfile.load(path)
+        except (OSError, ValueError) as e:
+            raise ConvertError("cannot load %s: %s" % (path, e))
+    try:
+        with warnings.catch_warnings():     # torch.load announces TorchScript archives
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu")
+    except RuntimeError as e:
+        if "jit" not in str(e):
+            raise ConvertError("cannot load %s: %s" % (path, e))
+        try:
+            obj = torch.jit.load(path, map_location="cpu")
+        except RuntimeError as e2:
+            raise ConvertError("cannot load %s: %s" % (path, e2))
+    except (OSError, EOFError) as e:
+        raise ConvertError("cannot load %s: %s" % (path, e))
+    if isinstance(obj, torch.nn.Module):   # a TorchScript model (OpenAI's CLIP files)
+        obj = dict(obj.state_dict())
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "module"):
+            if _is_state_dict(obj.get(key)):
+                return obj[key]
+    if _is_state_dict(obj):
+        return dict(obj)
+    raise ConvertError("%s file %s is neither a state dict nor a dict with 'state_dict', "
+                       "'model' or 'module'" % (what, path))
+
+
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_upstream(path, config_path, what):
+    """DIR in the HF layout (config.json + model.safetensors or pytorch_model.bin) or one
+    weights file. Returns (state dict, upstream config or None, source name)."""
+    config = None
+    if os.path.isdir(path):
+        weights = next((os.path.join(path, f) for f in HF_WEIGHT_FILES
+                        if os.path.exists(os.path.join(path, f))), None)
+        if weights is None:
+            raise ConvertError("%s folder %s has none of %s" % (what, path,
+                                                                ", ".join(HF_WEIGHT_FILES)))
+        if config_path is None and os.path.exists(os.path.join(path, "config.json")):
+            config_path = os.path.join(path, "config.json")
+        source = os.path.basename(os.path.normpath(path))
+    elif os.path.exists(path):
+        weights, source = path, os.path.basename(path)
+    else:
+        raise ConvertError("%s: no such file or folder: %s" % (what, path))
+    if config_path is not None:
+        config = read_upstream_config(config_path)
+    return _load_state_dict_file(weights, what), config, source
+
+
+def _section(cfg, *keys):
+    for k in keys:
+        cfg = (cfg or {}).get(k) if isinstance(cfg, dict) else None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _agree(what, name, from_config, from_shapes, tensor=None):
+    if from_config is not None and from_config != from_shapes:
+        raise ConvertError("%s: config says %s = %r but %s gives %r"
+                           % (what, name, from_config, tensor or "the tensors' shapes",
+                              from_shapes))
+
+
+def _isqrt_exact(n, what):
+    r = math.isqrt(n) if n >= 0 else -1
+    if r < 0 or r * r != n:
+        raise ConvertError("%s: %d is not a square" % (what, n))
+    return r
+
+
+def infer_clip_config(sd, act="quick_gelu", n_head=None):
+    """CLIP text hyper-parameters off the shapes; sd without the dropped keys."""
+    if act not in CLIP_ACTS:
+        raise ConvertError("--clip-act must be one of %s" % ", ".join(CLIP_ACTS))
+    vocab, width = _need(sd, "token_embedding.weight", "CLIP")
+    context = _need(sd, "positional_embedding", "CLIP")[0]
+    layers = _indices(sd, r"transformer\.resblocks\.(\d+)\.")
+    if not layers:
+        raise ConvertError("CLIP checkpoint: no transformer.resblocks.N.* keys")
+    proj = _need(sd, "text_projection", "CLIP")
+    if len(proj) != 2:
+        raise ConvertError("CLIP checkpoint: text_projection has shape %s, expected "
+                           "[width, proj_dim] (a Linear-style projection is not supported)"
+                           % proj)
+    if n_head is None:
+        if width % CLIP_HEAD_DIM:
+            raise ConvertError("CLIP width %d is not a multiple of %d: pass --clip-n-head"
+                               % (width, CLIP_HEAD_DIM))
+        n_head = width // CLIP_HEAD_DIM
+    if n_head <= 0 or width % n_head:
+        raise ConvertError("CLIP width %d is not divisible by --clip-n-head %d"
+                           % (width, n_head))
+    cfg = {"vocab_size": vocab, "context_length": context, "width": width,
+           "n_layer": layers[-1] + 1, "n_head": n_head, "proj_dim": proj[1], "act": act,
+           "norm_eps": CLIP_NORM_EPS}
+    check_keys(sd, clip_text_shapes(cfg), "CLIP")
+    return cfg
+
+
+def drop_unused_clip(sd):
+    return {k: v for k, v in sd.items()
+            if k not in CLIP_DROPPED and not k.startswith(CLIP_DROPPED_PREFIXES)}
+
+
+def infer_tatitok_config(sd, upstream=None, n_head=None):
+    """TA-TiTok decoder hyper-parameters off the shapes, checked against upstream's config
+    when there is one. sd is the full official state dict (encoder included)."""
+    vq = _section(upstream, "model", "vq_model")
+    if vq.get("quantize_mode", "vq") != "vq" or (
+            "quantize.embedding.weight" not in sd and "decoder.decoder_embed.weight" in sd):
+        raise ConvertError("tokenizer: KL/VAE TA-TiTok (quantize_mode vae) is not supported "
+                           "yet: only the VQ tokenizers (MaskGen-VQ) are")
+    if (vq.get("is_legacy", True) and upstream is not None) or "decoder.ffn.2.weight" in sd:
+        raise ConvertError("tokenizer: a legacy TiTok decoder (is_legacy, ffn to MaskGIT-VQGAN "
+                           "codes) is not supported yet")
+    if (vq.get("finetune_decoder", True) and upstream is not None) or any(
+            k.startswith(("pixel_decoder.", "pixel_quantize.")) for k in sd):
+        raise ConvertError("tokenizer: finetune_decoder (MaskGIT-VQGAN pixel decoder) is not "
+                           "supported yet")
+    if vq.get("use_l2_norm", False):
+        raise ConvertError("tokenizer: use_l2_norm codebooks are not supported yet")
+    sd = {k: v for k, v in sd.items()
+          if k not in TITOK_DROPPED and not k.startswith(TITOK_DROPPED_PREFIXES)}
+
+    width, token_size = _need(sd, "decoder.decoder_embed.weight", "tokenizer")
+    codebook, code_dim = _need(sd, "quantize.embedding.weight", "tokenizer")
+    layers = _indices(sd, r"decoder\.transformer\.(\d+)\.")
+    if not layers:
+        raise ConvertError("tokenizer checkpoint: no decoder.transformer.N.* keys")
+    n_layer = layers[-1] + 1
+    ffn_rows = _need(sd, "decoder.ffn.0.weight", "tokenizer")[0]
+    if ffn_rows % 3:
+        raise ConvertError("tokenizer: decoder.ffn.0.weight has %d rows, not patch^2 * 3"
+                           % ffn_rows)
+    patch = _isqrt_exact(ffn_rows // 3, "tokenizer: decoder.ffn.0.weight rows / 3")
+    grid = _isqrt_exact(_need(sd, "decoder.positional_embedding", "tokenizer")[0] - 1,
+                        "tokenizer: decoder.positional_embedding rows - 1")
+    num_tokens = _need(sd, "decoder.latent_token_positional_embedding", "tokenizer")[0]
+    text_context = _need(sd, "decoder.text_guidance_positional_embedding", "tokenizer")[0]
+    text_dim = _need(sd, "decoder.text_guidance_proj.weight", "tokenizer")[1]
+
+    size = vq.get("vit_dec_model_size")
+    table = TITOK_VIT_SIZES.get(size)
+    if table is None and size is None:
+        table = next((t for t in TITOK_VIT_SIZES.values() if t[:2] == (width, n_layer)), None)
+    if table is not None:
+        if table[:2] != (width, n_layer):
+            raise ConvertError("tokenizer: vit_dec_model_size %s is width %d, %d layers, but "
+                               "the decoder has width %d, %d layers"
+                               % (size, table[0], table[1], width, n_layer))
+        if n_head is not None and n_head != table[2]:
+            raise ConvertError("--tokenizer-n-head %d contradicts the ViT size (%d heads)"
+                               % (n_head, table[2]))
+        n_head = table[2]
+    elif n_head is None:
+        raise ConvertError("tokenizer: the decoder (width %d, %d layers%s) is none of "
+                           "upstream's ViT sizes: pass --tokenizer-n-head"
+                           % (width, n_layer, ", vit_dec_model_size %r" % size if size else ""))
+    if n_head <= 0 or width % n_head:
+        raise ConvertError("tokenizer: width %d is not divisible by %d heads" % (width, n_head))
+
+    _agree("tokenizer", "vit_dec_patch_size", vq.get("vit_dec_patch_size"), patch,
+           "decoder.ffn.0.weight")
+    _agree("tokenizer", "num_latent_tokens", vq.get("num_latent_tokens"), num_tokens,
+           "decoder.latent_token_positional_embedding")
+    _agree("tokenizer", "token_size", vq.get("token_size"), token_size,
+           "decoder.decoder_embed.weight")
+    _agree("tokenizer", "codebook_size", vq.get("codebook_size"), codebook,
+           "quantize.embedding.weight")
+    if upstream is not None:
+        _agree("tokenizer", "text_context_length", vq.get("text_context_length", 77),
+               text_context, "decoder.text_guidance_positional_embedding")
+        _agree("tokenizer", "text_embed_dim", vq.get("text_embed_dim", 768), text_dim,
+               "decoder.text_guidance_proj.weight")
+    crop = _section(upstream, "dataset", "preprocessing").get("crop_size")
+    _agree("tokenizer", "dataset.preprocessing.crop_size", crop, grid * patch,
+           "decoder.positional_embedding x patch size")
+    if code_dim != token_size:
+        raise ConvertError("tokenizer: quantize.embedding.weight has %d columns but "
+                           "decoder.decoder_embed.weight %d" % (code_dim, token_size))
+    cfg = {"width": width, "n_layer": n_layer, "n_head": n_head, "patch_size": patch,
+           "grid_size": grid, "num_tokens": num_tokens, "token_size": token_size,
+           "codebook_size": codebook, "text_context": text_context, "text_dim": text_dim,
+           "norm_eps": TITOK_NORM_EPS}
+    check_keys(sd, tatitok_decoder_shapes(cfg), "tokenizer")
+    return cfg, sd
+
+
+def untie_lm_head(sd):
+    """Keeps one copy of the tied output head: embeddings.weight, from either name."""
+    if "lm_head.bias" in sd:
+        raise ConvertError("generator: an untied lm_head with a bias (weight_tying: false) is "
+                           "not supported")
+    if "lm_head.weight" in sd:
+        head = sd.pop("lm_head.weight")
+        if "embeddings.weight" in sd:
+            emb = sd["embeddings.weight"]
+            if head.shape != emb.shape or not torch.equal(head, emb):
+                raise ConvertError("generator: lm_head.weight differs from embeddings.weight "
+                                   "(upstream ties them)")
+        else:
+            sd["embeddings.weight"] = head
+    return sd
+
+
+def infer_maskgen_config(sd, upstream, codebook_size, n_head=None):
+    """MaskGen_VQ hyper-parameters; sd after untie_lm_head. codebook_size comes from the
+    tokenizer (the embedding table also holds the mask and the unused class rows)."""
+    vq = _section(upstream, "model", "vq_model")
+    mg = _section(upstream, "model", "maskgen")
+    if any(k.startswith(("decoder_blocks.", "diffloss.", "z_proj")) for k in sd):
+        raise ConvertError("generator: MaskGen-KL (continuous tokens, diffusion head) is not "
+                           "supported yet: only MaskGen-VQ is")
+    embed_rows, dim = _need(sd, "embeddings.weight", "generator")
+    num_tokens = _need(sd, "pos_embed", "generator")[1]
+    blocks = _indices(sd, r"blocks\.(\d+)\.")
+    if not blocks:
+        raise ConvertError("generator checkpoint: no blocks.N.* keys")
+    depth = blocks[-1] + 1
+    text_dim = _need(sd, "text_embed_proj.weight", "generator")[1]
+    micro = _need(sd, "cond_pooled_proj.weight", "generator")[1] - text_dim
+    if mg.get("micro_condition", True) is False or micro <= 0:
+        raise ConvertError("generator: no aesthetic micro-condition (micro_condition false) "
+                           "is not supported")
+    if mg.get("weight_tying", True) is False:
+        raise ConvertError("generator: weight_tying false (an untied lm_head) is not supported")
+    if mg.get("mask_schedule_strategy", "arccos") != "arccos":
+        raise ConvertError("generator: mask_schedule_strategy %r is not supported (arccos only)"
+                           % mg["mask_schedule_strategy"])
+    num_classes = embed_rows - codebook_size - 2
+    if num_classes < 0:
+        raise ConvertError("generator: embeddings.weight has %d rows, fewer than the "
+                           "tokenizer's codebook %d + 2" % (embed_rows, codebook_size))
+    _agree("generator", "vq_model.codebook_size", vq.get("codebook_size"), codebook_size,
+           "the tokenizer's quantize.embedding.weight")
+    _agree("generator", "maskgen.condition_num_classes", mg.get("condition_num_classes"),
+           num_classes, "embeddings.weight (rows - codebook - 2)")
+    _agree("generator", "decoder_embed_dim", mg.get("decoder_embed_dim"), dim,
+           "embeddings.weight")
+    _agree("generator", "decoder_depth", mg.get("decoder_depth"), depth, "blocks.N")
+    _agree("generator", "num_latent_tokens", vq.get("num_latent_tokens"), num_tokens,
+           "pos_embed")
+    _agree("generator", "micro_condition_embed_dim", mg.get("micro_condition_embed_dim"),
+           micro, "cond_pooled_proj.weight")
+    if upstream is not None:
+        _agree("generator", "vq_model.text_embed_dim", vq.get("text_embed_dim", 768), text_dim,
+               "text_embed_proj.weight")
+
+    size = next((name for name, (d, nl, _) in MASKGEN_SIZES.items()
+                 if (d, nl) == (dim, depth)), None)
+    heads = mg.get("decoder_num_heads")
+    if heads is None and size is not None:
+        heads = MASKGEN_SIZES[size][2]
+    if n_head is not None:
+        if heads is not None and heads != n_head:
+            raise ConvertError("--n-head %d contradicts the generator's %d heads"
+                               % (n_head, heads))
+        heads = n_head
+    if heads is None:
+        raise ConvertError("generator has a non-standard shape (dim %d, depth %d) and no "
+                           "config: pass --n-head" % (dim, depth))
+    if heads <= 0 or dim % heads:
+        raise ConvertError("generator: dim %d is not divisible by %d heads" % (dim, heads))
+
+    sampling = dict(MASKGEN_SAMPLING)
+    if upstream is not None:
+        sampling["aesthetic"] = float(mg.get("sample_aesthetic_score",
+                                             MASKGEN_AESTHETIC_IF_UNSET))
+    for key, ours, cast in (("cfg", "guidance", float), ("num_iter", "steps", int),
+                            ("temperature", "randomize_temperature", float)):
+        if mg.get(key) is not None:
+            sampling[ours] = cast(mg[key])
+    cfg = {"dim": dim, "depth": depth, "n_head": heads, "num_tokens": num_tokens,
+           "codebook_size": codebook_size, "embed_rows": embed_rows, "text_dim": text_dim,
+           "micro_cond_dim": micro, "aesthetic_max_period": AESTHETIC_MAX_PERIOD,
+           "norm_eps": MASKGEN_NORM_EPS, "sampling": sampling}
+    check_keys(sd, maskgen_shapes(cfg), "generator")
+    return cfg, size
+
+
+def _clip_tokenizer_module():
+    """tests/reference/clip_tokenizer_ref.py: reads and writes the merges files."""
+    ref_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "tests", "reference")
+    if ref_dir not in sys.path:
+        sys.path.insert(0, ref_dir)
+    import clip_tokenizer_ref  # noqa: E402
+    return clip_tokenizer_ref
+
+
+def read_clip_merges(path, vocab_size):
+    """The merges of --clip-vocab (official .txt.gz or a clip_bpe.txt), checked against the
+    row count of token_embedding."""
+    ctr = _clip_tokenizer_module()
+    try:
+        merges = ctr.read_merges(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConvertError("cannot read --clip-vocab %s: %s" % (path, e))
+    if len(merges) + CLIP_VOCAB_SPECIALS != vocab_size:
+        raise ConvertError("CLIP vocab size mismatch: %s gives %d merges (vocabulary %d) but "
+                           "token_embedding.weight has %d rows (%d merges)"
+                           % (path, len(merges), len(merges) + CLIP_VOCAB_SPECIALS,
+                              vocab_size, vocab_size - CLIP_VOCAB_SPECIALS))
+    return ctr, merges
+
+
+def convert_maskgen(args):
+    dtype = DTYPES[args.dtype]
+
+    # CLIP first: it fixes the text width the other two must agree with.
+    clip_sd, _, clip_source = load_upstream(args.clip, None, "CLIP")
+    clip_sd = drop_unused_clip(clip_sd)
+    clip_cfg = infer_clip_config(clip_sd, args.clip_act, args.clip_n_head)
+    ctr, merges = read_clip_merges(args.clip_vocab, clip_cfg["vocab_size"])
+
+    tok_sd, tok_up, tok_source = load_upstream(args.tokenizer, args.tokenizer_config,
+                                               "tokenizer")
+    tok_cfg, tok_sd = infer_tatitok_config(tok_sd, tok_up, args.tokenizer_n_head)
+    if tok_cfg["text_dim"] != clip_cfg["width"]:
+        raise ConvertError("tokenizer text_guidance_proj takes %d features, CLIP's width is %d"
+                           % (tok_cfg["text_dim"], clip_cfg["width"]))
+    if tok_cfg["text_context"] != clip_cfg["context_length"]:
+        raise ConvertError("tokenizer has %d text positions, CLIP's context is %d"
+                           % (tok_cfg["text_context"], clip_cfg["context_length"]))
+
+    gen_sd, gen_up, gen_source = load_upstream(args.generator, args.generator_config,
+                                               "generator")
+    gen_sd = untie_lm_head(gen_sd)
+    gen_cfg, size = infer_maskgen_config(gen_sd, gen_up, tok_cfg["codebook_size"], args.n_head)
+    if gen_cfg["text_dim"] != clip_cfg["width"] or gen_cfg["text_dim"] != clip_cfg["proj_dim"]:
+        raise ConvertError("generator text_embed_dim %d must equal CLIP's width %d and its "
+                           "projection %d (penultimate states and pooled vector)"
+                           % (gen_cfg["text_dim"], clip_cfg["width"], clip_cfg["proj_dim"]))
+    if gen_cfg["num_tokens"] != tok_cfg["num_tokens"]:
+        raise ConvertError("generator makes %d tokens, the tokenizer decodes %d"
+                           % (gen_cfg["num_tokens"], tok_cfg["num_tokens"]))
+    image_size = tok_cfg["grid_size"] * tok_cfg["patch_size"]
+    _agree("generator", "dataset.preprocessing.crop_size",
+           _section(gen_up, "dataset", "preprocessing").get("crop_size"), image_size,
+           "the tokenizer")
+
+    os.makedirs(args.out, exist_ok=True)
+    clip_out = {k: v for k, v in clip_sd.items() if k != "text_projection"}
+    clip_out["text_projection.weight"] = clip_sd["text_projection"].t().contiguous()
+    stfile.save(os.path.join(args.out, "clip_text.safetensors"), clip_out,
+                {"source": clip_source}, cast=dtype)
+    del clip_sd, clip_out
+    ctr.write_merges(os.path.join(args.out, "clip_bpe.txt"), merges)
+    stfile.save(os.path.join(args.out, "tokenizer.safetensors"), tok_sd,
+                {"source": tok_source}, cast=dtype)
+    del tok_sd
+    stfile.save(os.path.join(args.out, "generator.safetensors"), gen_sd,
+                {"source": gen_source}, cast=dtype)
+    del gen_sd
+    gc.collect()
+
+    name = args.name or "%s VQ %dpx (TA-TiTok %d tokens)" % (
+        "MaskGen-" + size if size else "MaskGen custom", image_size, tok_cfg["num_tokens"])
+    config = {
+        "tessera_format": 1,
+        "family": "maskgen",
+        "name": name,
+        "image_size": image_size,
+        "clip": dict({"file": "clip_text.safetensors", "vocab_file": "clip_bpe.txt"},
+                     **clip_cfg),
+        "generator": dict({"file": "generator.safetensors"}, **gen_cfg),
+        "tokenizer": dict({"file": "tokenizer.safetensors"}, **tok_cfg),
+    }
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    print("wrote %s: %s, %s weights, CLIP %s" % (args.out, name, args.dtype, args.clip_act))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="family", required=True)
@@ -412,9 +1026,40 @@ def main(argv=None):
     p.add_argument("--n-head", type=int, help="head count for non-standard sizes")
     p.add_argument("--downsample", type=int, default=16,
                    help="VQ downsample factor, used only without --vq")
+
+    m = sub.add_parser("maskgen", help="MaskGen-VQ text-to-image: generator + TA-TiTok VQ "
+                                       "tokenizer + CLIP text tower")
+    m.add_argument("--generator", required=True, metavar="DIR_OR_FILE",
+                   help="MaskGen_VQ: HF folder (config.json + model.safetensors or "
+                        "pytorch_model.bin) or a state-dict file (.bin/.pt/.safetensors)")
+    m.add_argument("--tokenizer", required=True, metavar="DIR_OR_FILE",
+                   help="TA-TiTok VQ tokenizer, same layouts")
+    m.add_argument("--clip", required=True, metavar="FILE",
+                   help="open_clip CLIP state dict (.pt/.bin/.safetensors, or OpenAI's "
+                        "TorchScript file); only the text tower is kept")
+    m.add_argument("--clip-vocab", required=True, metavar="FILE",
+                   help="BPE merges: bpe_simple_vocab_16e6.txt.gz or a clip_bpe.txt")
+    m.add_argument("--out", required=True, help="model folder to write")
+    m.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    m.add_argument("--clip-act", choices=CLIP_ACTS, default="quick_gelu",
+                   help="CLIP MLP activation: quick_gelu (OpenAI weights as open_clip <= 2.27 "
+                        "builds them, the default) or gelu (open_clip >= 2.29)")
+    m.add_argument("--generator-config", metavar="FILE",
+                   help="upstream config (.json or .yaml) for a bare generator file, or to "
+                        "override a folder's config.json")
+    m.add_argument("--tokenizer-config", metavar="FILE", help="the same for the tokenizer")
+    m.add_argument("--n-head", type=int,
+                   help="generator heads when neither a config nor a known size gives them")
+    m.add_argument("--tokenizer-n-head", type=int,
+                   help="decoder heads for a ViT that is none of upstream's sizes")
+    m.add_argument("--clip-n-head", type=int, help="CLIP heads (default: width / 64)")
+    m.add_argument("--name", help="display name (default from the sizes)")
     args = ap.parse_args(argv)
     try:
-        convert_llamagen(args)
+        if args.family == "maskgen":
+            convert_maskgen(args)
+        else:
+            convert_llamagen(args)
     except ConvertError as e:
         print("convert.py: error: %s" % e, file=sys.stderr)
         return 2
