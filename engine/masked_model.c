@@ -4,10 +4,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "model.h"
 
 #include "text/clip_tokenizer.h"
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static const json_t *section(const json_t *root, const char *name, ts_error *err)
 {
@@ -185,8 +193,11 @@ out:
 int ts_masked_generate(ts_masked_model *m, const ts_mask_params *p, const char *const *prompts,
                        int n, int32_t *tokens, uint8_t *rgb,
                        void (*progress)(void *ctx, int step, int n_steps), void *ctx,
-                       ts_error *err)
+                       ts_masked_timing *timing, ts_error *err)
 {
+    ts_masked_timing tm = {0};
+    double t0 = now_seconds();
+    if (n <= 0) return ts_fail(err, TS_ERR_INVALID, "no images");
     const maskgen_config *gc = &m->gen->cfg;
     int N = gc->num_tokens, S = m->image_size;
     ts_mg_prompt *pr = calloc((size_t)n, sizeof *pr);
@@ -208,16 +219,24 @@ int ts_masked_generate(ts_masked_model *m, const ts_mask_params *p, const char *
         ids[i] = tokens + (size_t)i * N;
         for (int t = 0; t < N; t++) ids[i][t] = gc->codebook_size;   /* all masked */
     }
+    float probe;   /* a one-float download waits for the encodes (timing on a GPU) */
+    ts_be_download(m->be, &probe, pr[n - 1].uncond.mod, 1);
+    tm.text_s = now_seconds() - t0;
+    t0 = now_seconds();
     for (int s = 0; s < p->steps; s++) {
         for (int i = 0; i < n; i++) steps[i] = s;
         if ((rc = ts_masked_step(m, pp, prp, steps, seeds, n, ids, NULL, err))) goto out;
         if (progress) progress(ctx, s + 1, p->steps);
     }
+    tm.steps_s = now_seconds() - t0;   /* the last step's picks reached the host */
+    t0 = now_seconds();
     if (rgb)
         for (int i = 0; i < n; i++)
             if ((rc = titok_decode(m->dec, ids[i], pr[i].text, 1, NULL,
                                    rgb + (size_t)i * S * S * 3, err)))
                 goto out;
+    tm.decode_s = now_seconds() - t0;
+    if (timing) *timing = tm;
 out:
     if (pr)
         for (int i = 0; i < n; i++) ts_mg_prompt_free(m, &pr[i]);

@@ -47,13 +47,20 @@ int ts_mg_prompt_make(ts_masked_model *m, const char *prompt, float aesthetic,
                       ts_mg_prompt *out, ts_error *err);
 void ts_mg_prompt_free(ts_masked_model *m, ts_mg_prompt *p);   /* NULL-safe members */
 
+/* Seconds spent in each phase of ts_masked_generate. */
+typedef struct ts_masked_timing {
+    double text_s;      /* tokenizer, CLIP and the per-prompt conditioning */
+    double steps_s;     /* the generator's steps */
+    double decode_s;    /* TA-TiTok */
+} ts_masked_timing;
+
 /* The whole-batch driver the CLI uses: n images, image i of prompts[i] with seed
  * p->seed + i, every image stepped together. tokens [n, N] (host); rgb (optional,
- * host [n, H, W, 3]). progress (optional) after each step. */
+ * host [n, H, W, 3]). progress (optional) after each step; timing (optional). */
 int ts_masked_generate(ts_masked_model *m, const ts_mask_params *p, const char *const *prompts,
                        int n, int32_t *tokens, uint8_t *rgb,
                        void (*progress)(void *ctx, int step, int n_steps), void *ctx,
-                       ts_error *err);
+                       ts_masked_timing *timing, ts_error *err);
 
 /* One step for n images at their own steps: ids [n][N] updated, pred [n][N] (optional)
  * gets each image's full prediction. steps[i] is image i's step index. The scheduler

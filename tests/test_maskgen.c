@@ -423,7 +423,7 @@ START_TEST(test_prompt_end_to_end)
     for (int k = 0; k < K; k++) texts[k] = json_string_value(json_array_get(list, prompt[k]));
     int32_t *tokens = malloc((size_t)K * N * sizeof *tokens);
     uint8_t *rgb = malloc((size_t)K * S * S * 3);
-    ck_assert_msg(ts_masked_generate(f.mm, &p, texts, K, tokens, rgb, NULL, NULL, &err) == 0,
+    ck_assert_msg(ts_masked_generate(f.mm, &p, texts, K, tokens, rgb, NULL, NULL, NULL, &err) == 0,
                   "%s", err.msg);
     ck_assert_int_eq(memcmp(tokens, want, (size_t)K * N * sizeof *tokens), 0);
     int off = 0;
