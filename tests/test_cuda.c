@@ -1470,6 +1470,52 @@ static void check_step_replay(int fp32, ts_model *mc)
     ts_model_free(mg);
 }
 
+/* MaskGen on the GPU: greedy (no-noise) runs of the fixture give the CPU's tokens and
+ * images in fp32 mode; in bf16 mode the rounded weights may move picks, so the run must
+ * only complete and the agreement is printed. */
+START_TEST(test_maskgen_generate)
+{
+    static const char *prompts[3] = {"a photo of a cat sitting on a red chair",
+                                     "an astronaut riding a horse on the moon, digital art",
+                                     "a small house"};
+    ts_model *mc = NULL;
+    ts_error err = {0};
+    ts_ck_ok(ts_model_load(cpu_be, "tests/fixtures/maskgen_tiny", &mc, &err), err);
+    int N = mc->masked->gen->cfg.num_tokens, S = mc->masked->image_size;
+    ts_mask_params p = {.steps = 8, .guidance = 12.0f, .randomize_temperature = 0.0f,
+                        .aesthetic = 6.5f, .seed = 0};
+    int32_t *want = xmalloc((size_t)3 * N * 4), *got = xmalloc((size_t)3 * N * 4);
+    uint8_t *rgb_c = xmalloc((size_t)3 * S * S * 3), *rgb_g = xmalloc((size_t)3 * S * S * 3);
+    ts_ck_ok(ts_masked_generate(mc->masked, &p, prompts, 3, want, rgb_c, NULL, NULL, NULL, &err),
+             err);
+    for (int fp32 = 1; fp32 >= 0; fp32--) {
+        begin_case("maskgen generate fp32=%d", fp32);
+        ts_model *mg = NULL;
+        ts_ck_ok(ts_model_load(gpu_be[fp32], "tests/fixtures/maskgen_tiny", &mg, &err), err);
+        memset(rgb_g, 0, (size_t)3 * S * S * 3);
+        ts_ck_ok(ts_masked_generate(mg->masked, &p, prompts, 3, got, rgb_g, NULL, NULL, NULL,
+                                    &err), err);
+        int same = 0;
+        for (int i = 0; i < 3 * N; i++) same += got[i] == want[i];
+        printf("test_cuda: maskgen greedy on %s (fp32=%d): %d of %d tokens match the CPU\n",
+               ts_backend_describe(gpu_be[fp32]), fp32, same, 3 * N);
+        if (fp32) {
+            ck_assert_msg(same == 3 * N, "%s: %d of %d tokens differ", case_label, 3 * N - same,
+                          3 * N);
+            int off = 0;
+            for (size_t i = 0; i < (size_t)3 * S * S * 3; i++) off += abs(rgb_c[i] - rgb_g[i]) > 1;
+            ck_assert_msg(off == 0, "%s: %d 8-bit values differ by more than one", case_label, off);
+        }
+        ts_model_free(mg);
+    }
+    free(want);
+    free(got);
+    free(rgb_c);
+    free(rgb_g);
+    ts_model_free(mc);
+}
+END_TEST
+
 START_TEST(test_step_replay)
 {
     ts_model *mc = load(cpu_be);
@@ -1574,6 +1620,7 @@ int main(void)
     tcase_set_timeout(model, 300);
     tcase_add_test(model, test_model_generate);
     tcase_add_test(model, test_step_replay);
+    tcase_add_test(model, test_maskgen_generate);
     suite_add_tcase(s, model);
     return ts_ck_run(&s, 1);
 }
