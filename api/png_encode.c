@@ -61,7 +61,10 @@ int ts_png_encode(const uint8_t *rgb, int w, int h, const ts_png_text *text, int
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     for (int i = 0; i < n_text; i++) {
-        chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
+        int ascii = 1;
+        for (const unsigned char *c = (const unsigned char *)text[i].value; *c; c++)
+            ascii &= *c < 0x80;
+        chunks[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
         chunks[i].key = (png_charp)text[i].key;
         chunks[i].text = (png_charp)text[i].value;
     }
@@ -108,4 +111,14 @@ void ts_png_parameters(char *buf, size_t cap, const char *model, int class_id, i
              model, class_id, index, (unsigned long long)(p->seed + (uint64_t)index),
              p->cfg_scale, p->cfg_interval, p->sample.top_k, p->sample.top_p,
              p->sample.temperature);
+}
+
+void ts_png_mask_parameters(char *buf, size_t cap, const char *model, const char *prompt,
+                            int index, const ts_mask_params *p, uint64_t seed)
+{
+    snprintf(buf, cap,
+             "model=%s; prompt=%s; image_index=%d; seed=%llu; guidance=%g; "
+             "randomize_temperature=%g; aesthetic=%g; steps=%d",
+             model, prompt, index, (unsigned long long)(seed + (uint64_t)index), p->guidance,
+             p->randomize_temperature, p->aesthetic, p->steps);
 }

@@ -1,6 +1,8 @@
 /* request.c - see request.h. */
 #include "request.h"
 
+_Static_assert(TS_API_MAX_PROMPT <= TS_SCHED_MAX_PROMPT, "a prompt must fit a job spec");
+
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
@@ -55,18 +57,18 @@ static int get_bool(json_t *o, const char *k, int *v, ts_api_error *e)
     return 0;
 }
 
-static int resolve_prompt(json_t *x, const char *k, const ts_api_limits *lim, int32_t *cls,
+static int resolve_prompt(json_t *x, const char *k, const ts_api_model *ar, int32_t *cls,
                           ts_api_error *e)
 {
     if (!json_is_string(x)) return INVALID("%s: must be a string", k);
     const char *p = json_string_value(x);
     if (strlen(p) > TS_API_MAX_PROMPT)
-        return INVALID("%s: longer than %d characters", k, TS_API_MAX_PROMPT);
-    int c = ts_classes_lookup(lim->classes, lim->num_classes, p);
+        return INVALID("%s: longer than %d bytes", k, TS_API_MAX_PROMPT);
+    int c = ts_classes_lookup(ar->classes, ar->num_classes, p);
     if (c < 0) {
-        if (lim->classes->n == 0)
+        if (ar->classes->n == 0)
             return INVALID("%s: this model has no class-name table; give a class id (0-%d)", k,
-                           lim->num_classes - 1);
+                           ar->num_classes - 1);
         return INVALID("%s: \"%.80s\" is not a class name of this model (see GET /v1/classes)",
                        k, p);
     }
@@ -74,8 +76,12 @@ static int resolve_prompt(json_t *x, const char *k, const ts_api_limits *lim, in
     return 0;
 }
 
-static const char *const NATIVE_KEYS[] = {"class", "prompt", "n", "seed", "cfg", "cfg_interval",
-                                          "top_k", "top_p", "temperature", "stream", NULL};
+/* Fields by family; "model", "prompt", "n", "seed" and "stream" are common. */
+static const char *const COMMON_KEYS[] = {"model", "prompt", "n", "seed", "stream", NULL};
+static const char *const AR_KEYS[] = {"class", "cfg", "cfg_interval", "top_k", "top_p",
+                                      "temperature", NULL};
+static const char *const MASKED_KEYS[] = {"guidance", "randomize_temperature", "aesthetic",
+                                          "steps", NULL};
 static const char *const OPENAI_KEYS[] = {"prompt", "n", "seed", "size", "response_format",
                                           "model", "stream", "partial_images", "user",
                                           "quality", "output_format", "background",
@@ -88,52 +94,171 @@ static int known(const char *const *keys, const char *k)
     return 0;
 }
 
+static int present(json_t *o, const char *k)
+{
+    json_t *x = json_object_get(o, k);
+    return x && !json_is_null(x);
+}
+
+/* The model a request runs on (sets out->spec.family). */
+static int route(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_gen_request *out,
+                 ts_api_error *e)
+{
+    const ts_api_model *ar = &lim->ar, *mg = &lim->masked;
+    json_t *model = json_object_get(o, "model");
+    if (model && !json_is_null(model)) {
+        const char *name = json_is_string(model) ? json_string_value(model) : NULL;
+        if (name && ar->present && strcmp(name, ar->name) == 0) {
+            out->spec.family = TS_JOB_AR;
+            return 0;
+        }
+        if (name && mg->present && strcmp(name, mg->name) == 0) {
+            out->spec.family = TS_JOB_MASKED;
+            return 0;
+        }
+        if (kind == TS_API_NATIVE) {
+            if (!name) return INVALID("model: must be a string (a model id from GET /v1/models)");
+            return ts_api_fail(e, 404, "not_found", "model: no model \"%.80s\" on this server "
+                               "(see GET /v1/models)", name);
+        }
+        /* OpenAI clients name their own models ("dall-e-3", ...): ignored. */
+    }
+    if (kind == TS_API_NATIVE && present(o, "class")) {
+        if (!ar->present)
+            return INVALID("class: this server has no class-conditional model; give a prompt");
+        out->spec.family = TS_JOB_AR;
+        return 0;
+    }
+    if (present(o, "prompt")) {
+        out->spec.family = mg->present ? TS_JOB_MASKED : TS_JOB_AR;
+        return 0;
+    }
+    if (kind == TS_API_OPENAI)
+        return INVALID(mg->present ? "prompt: required (the text to draw)"
+                                   : "prompt: required (a class name of this model)");
+    if (!mg->present) return INVALID("class: required (or prompt, a class name)");
+    if (!ar->present) return INVALID("prompt: required (the text to draw)");
+    return INVALID("prompt: required (the text to draw), or class for the class-conditional "
+                   "model");
+}
+
+/* A field given for the family that does not take it (null counts as absent). */
+static int check_family_fields(json_t *o, const ts_api_limits *lim, ts_job_family fam,
+                               ts_api_error *e)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        if (json_is_null(v)) continue;
+        if (fam == TS_JOB_MASKED && known(AR_KEYS, k))
+            return INVALID("%s: not a parameter of the MaskGen model \"%.80s\", which takes "
+                           "prompt, n, seed, guidance, randomize_temperature, aesthetic, steps "
+                           "and stream", k, lim->masked.name);
+        if (fam == TS_JOB_AR && known(MASKED_KEYS, k))
+            return INVALID("%s: not a parameter of the LlamaGen model \"%.80s\", which takes "
+                           "class or prompt, n, seed, cfg, cfg_interval, top_k, top_p, "
+                           "temperature and stream", k, lim->ar.name);
+    }
+    return 0;
+}
+
+static int parse_masked(ts_api_kind kind, json_t *o, const ts_api_limits *lim,
+                        ts_gen_request *out, ts_api_error *e)
+{
+    const ts_api_model *mg = &lim->masked;
+    ts_job_spec *s = &out->spec;
+    json_t *prompt = json_object_get(o, "prompt");
+    if (!prompt || json_is_null(prompt)) return INVALID("prompt: required (the text to draw)");
+    if (!json_is_string(prompt)) return INVALID("prompt: must be a string");
+    /* jansson has checked the UTF-8 and refused NUL characters. */
+    size_t len = json_string_length(prompt);
+    if (len > TS_API_MAX_PROMPT)
+        return INVALID("prompt: longer than %d bytes of UTF-8", TS_API_MAX_PROMPT);
+    memcpy(s->prompt, json_string_value(prompt), len);
+    s->prompt[len] = '\0';
+    s->class_id = -1;
+    double guidance = mg->defaults.guidance, rtemp = mg->defaults.randomize_temperature;
+    double aesthetic = mg->defaults.aesthetic;
+    long long steps = mg->defaults.steps;
+    if (kind == TS_API_NATIVE &&
+        (get_num(o, "guidance", 0.0, 1000.0, 0, &guidance, e) ||
+         get_num(o, "randomize_temperature", 0.0, 1000.0, 0, &rtemp, e) ||
+         get_num(o, "aesthetic", -1000.0, 1000.0, 0, &aesthetic, e) ||
+         get_int(o, "steps", 1, mg->n_tokens, &steps, e)))
+        return -1;
+    s->mask = (ts_mask_params){(int)steps, (float)guidance, (float)rtemp, (float)aesthetic, 0};
+    return 0;
+}
+
+static int parse_ar(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_gen_request *out,
+                    ts_api_error *e)
+{
+    const ts_api_model *ar = &lim->ar;
+    ts_job_spec *s = &out->spec;
+    /* Defaults are upstream's sample_c2i.py (and the CLI's), so requests match it. */
+    long long top_k = 2000;
+    double cfg = 4.0, interval = -1.0, top_p = 1.0, temp = 1.0;
+    json_t *cls = json_object_get(o, "class"), *prompt = json_object_get(o, "prompt");
+    if (kind == TS_API_NATIVE && cls && !json_is_null(cls)) {
+        if (prompt && !json_is_null(prompt))
+            return INVALID("class: give either class or prompt, not both");
+        long long c = -1;
+        if (get_int(o, "class", 0, ar->num_classes - 1, &c, e)) return -1;
+        s->class_id = (int32_t)c;
+    } else if (prompt && !json_is_null(prompt)) {
+        if (resolve_prompt(prompt, "prompt", ar, &s->class_id, e)) return -1;
+    } else {
+        return INVALID(kind == TS_API_OPENAI ? "prompt: required (a class name of this model)"
+                                             : "class: required (or prompt, a class name)");
+    }
+    if (kind == TS_API_NATIVE &&
+        (get_num(o, "cfg", 0.0, 100.0, 0, &cfg, e) ||
+         get_num(o, "cfg_interval", -1.0, 1e6, 0, &interval, e) ||
+         get_int(o, "top_k", 0, 1000000, &top_k, e) ||
+         get_num(o, "top_p", 0.0, 1.0, 1, &top_p, e) ||
+         get_num(o, "temperature", 0.0, 100.0, 1, &temp, e)))
+        return -1;
+    s->params = (ts_gen_params){(float)cfg, (float)interval,
+                                {(float)temp, (int)top_k, (float)top_p}, 0};
+    return 0;
+}
+
+int ts_api_preview_every(const ts_api_limits *lim, const ts_job_spec *spec)
+{
+    return spec->family == TS_JOB_MASKED ? lim->masked_preview_every : lim->preview_every;
+}
+
 static int parse_fields(ts_api_kind kind, json_t *o, const ts_api_limits *lim, int allow_stream,
                         uint64_t random_seed, ts_gen_request *out, ts_api_error *e)
 {
     const char *k;
     json_t *v;
     json_object_foreach(o, k, v) {
-        if (!known(kind == TS_API_OPENAI ? OPENAI_KEYS : NATIVE_KEYS, k))
-            return INVALID("%.64s: unknown field", k);
+        int ok = kind == TS_API_OPENAI ? known(OPENAI_KEYS, k)
+                                       : known(COMMON_KEYS, k) || known(AR_KEYS, k) ||
+                                             known(MASKED_KEYS, k);
+        if (!ok) return INVALID("%.64s: unknown field", k);
     }
     ts_job_spec *s = &out->spec;
     memset(out, 0, sizeof *out);
     s->n_images = 1;
     s->class_id = -1;
-    /* Defaults are upstream's sample_c2i.py (and the CLI's), so requests match it. */
-    long long n = 1, seed = (long long)(random_seed % TS_API_MAX_SEED), top_k = 2000, partial = 0;
-    double cfg = 4.0, interval = -1.0, top_p = 1.0, temp = 1.0;
+    long long n = 1, seed = (long long)(random_seed % TS_API_MAX_SEED), partial = 0;
     int stream = 0;
-
-    json_t *cls = json_object_get(o, "class"), *prompt = json_object_get(o, "prompt");
-    if (kind == TS_API_NATIVE && cls && !json_is_null(cls)) {
-        if (prompt) return INVALID("class: give either class or prompt, not both");
-        long long c = -1;
-        if (get_int(o, "class", 0, lim->num_classes - 1, &c, e)) return -1;
-        s->class_id = (int32_t)c;
-    } else if (prompt && !json_is_null(prompt)) {
-        if (resolve_prompt(prompt, "prompt", lim, &s->class_id, e)) return -1;
-    } else {
-        return INVALID(kind == TS_API_OPENAI ? "prompt: required (a class name of this model)"
-                                             : "class: required (or prompt, a class name)");
-    }
+    if (route(kind, o, lim, out, e)) return -1;
+    int masked = s->family == TS_JOB_MASKED;
+    const ts_api_model *model = masked ? &lim->masked : &lim->ar;
+    if (kind == TS_API_NATIVE && check_family_fields(o, lim, s->family, e)) return -1;
+    if (masked ? parse_masked(kind, o, lim, out, e) : parse_ar(kind, o, lim, out, e)) return -1;
     if (get_int(o, "n", 1, lim->max_n, &n, e) ||
         get_int(o, "seed", 0, (long long)TS_API_MAX_SEED, &seed, e) ||
         get_bool(o, "stream", &stream, e))
         return -1;
-    if (kind == TS_API_NATIVE) {
-        if (get_num(o, "cfg", 0.0, 100.0, 0, &cfg, e) ||
-            get_num(o, "cfg_interval", -1.0, 1e6, 0, &interval, e) ||
-            get_int(o, "top_k", 0, 1000000, &top_k, e) ||
-            get_num(o, "top_p", 0.0, 1.0, 1, &top_p, e) ||
-            get_num(o, "temperature", 0.0, 100.0, 1, &temp, e))
-            return -1;
-    } else {
+    if (kind == TS_API_OPENAI) {
         json_t *size = json_object_get(o, "size");
         if (size && !json_is_null(size)) {
             char want[32];
-            snprintf(want, sizeof want, "%dx%d", lim->image_size, lim->image_size);
+            snprintf(want, sizeof want, "%dx%d", model->image_size, model->image_size);
             if (!json_is_string(size) || (strcmp(json_string_value(size), want) != 0 &&
                                           strcmp(json_string_value(size), "auto") != 0))
                 return INVALID("size: this model makes %s images", want);
@@ -150,16 +275,16 @@ static int parse_fields(ts_api_kind kind, json_t *o, const ts_api_limits *lim, i
     }
     if (stream && !allow_stream) return INVALID("stream: not available on this endpoint");
     s->n_images = (int)n;
-    s->params = (ts_gen_params){(float)cfg, (float)interval,
-                                {(float)temp, (int)top_k, (float)top_p}, (uint64_t)seed};
+    s->params.seed = (uint64_t)seed;
     out->stream = stream;
     out->partial_images = (int)partial;
     if (kind == TS_API_OPENAI) {
         /* Previews evenly spaced: partial_images of them before the end. */
-        s->preview_every = stream && partial ? lim->n_tokens / ((int)partial + 1) : 0;
+        int steps = masked ? s->mask.steps : model->n_tokens;
+        s->preview_every = stream && partial ? steps / ((int)partial + 1) : 0;
         if (s->preview_every < 1 && stream && partial) s->preview_every = 1;
     } else {
-        s->preview_every = stream ? lim->preview_every : 0;
+        s->preview_every = stream ? ts_api_preview_every(lim, s) : 0;
     }
     return 0;
 }

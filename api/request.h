@@ -1,4 +1,10 @@
-/* request.h - generation requests from JSON bodies: parsing and validation.
+/* request.h - generation requests from JSON bodies: parsing, routing to a model, and
+ * validation.
+ *
+ * A server holds at most one LlamaGen (class-conditional, autoregressive) and one
+ * MaskGen (text-to-image, masked) model. "model" names one; otherwise "class" goes to
+ * the LlamaGen model and "prompt" to the MaskGen model when there is one (else it is
+ * a class name). Fields of the other family are refused, naming the field.
  *
  * Runs on the event loop (never the engine thread). Every refusal names the field and
  * the rule in `message`, with the HTTP status and stable code the API answers with.
@@ -14,7 +20,7 @@
 
 #define TS_API_MAX_BODY (64 * 1024)
 #define TS_API_MAX_N 16
-#define TS_API_MAX_PROMPT 1000
+#define TS_API_MAX_PROMPT 1000   /* bytes: class names and MaskGen prompts */
 #define TS_API_MAX_SEED ((uint64_t)1 << 53)   /* exact in every JSON client's doubles */
 
 typedef struct ts_api_error {
@@ -27,25 +33,42 @@ typedef struct ts_api_error {
 int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* What the parser needs to know about the server and its model. */
+/* One model the server runs, as the parser sees it. */
+typedef struct ts_api_model {
+    int present;
+    const char *name;                /* the id GET /v1/models lists; borrowed */
+    int image_size, n_tokens;
+    int num_classes, vocab_size;     /* LlamaGen */
+    const ts_class_table *classes;   /* LlamaGen: class names (may be empty) */
+    ts_mask_params defaults;         /* MaskGen: steps, guidance, randomize_temperature,
+                                        aesthetic when a request leaves them out */
+} ts_api_model;
+
+/* What the parser needs to know about the server and its models. */
 typedef struct ts_api_limits {
-    int num_classes, vocab_size, image_size, n_tokens;
+    ts_api_model ar, masked;         /* at least one present */
     int max_n;                       /* min(TS_API_MAX_N, --max-batch) */
-    int preview_every;               /* --preview-every */
-    const ts_class_table *classes;
+    int preview_every;               /* --preview-every: LlamaGen tokens */
+    int masked_preview_every;        /* --masked-preview-every: MaskGen steps */
 } ts_api_limits;
 
 typedef enum ts_api_kind { TS_API_NATIVE, TS_API_OPENAI } ts_api_kind;
 
 typedef struct ts_gen_request {
-    ts_job_spec spec;
+    ts_job_spec spec;                /* spec.family says which model */
     int stream;
     int partial_images;              /* OpenAI streaming: previews wanted (0-3) */
 } ts_gen_request;
 
 /* Parses a body for /generate and /v1/jobs (allow_stream = 0 refuses "stream"), or for
- * /v1/images/generations (kind TS_API_OPENAI). random_seed is used when no seed is given. */
+ * /v1/images/generations (kind TS_API_OPENAI, whose "model" chooses a model only when it
+ * names one of ours: OpenAI clients send their own names). random_seed is used when no
+ * seed is given. An unknown "model" on the native endpoints is 404 not_found. */
 int ts_api_parse(ts_api_kind kind, const char *body, size_t len, const ts_api_limits *lim,
                  int allow_stream, uint64_t random_seed, ts_gen_request *out, ts_api_error *e);
+
+/* The previews a streamed request gets: every --preview-every tokens (LlamaGen) or
+ * --masked-preview-every steps (MaskGen). */
+int ts_api_preview_every(const ts_api_limits *lim, const ts_job_spec *spec);
 
 #endif

@@ -32,18 +32,19 @@ typedef struct cancel_req {
 
 struct ts_worker {
     ts_worker_config cfg;
-    char *model_dir;
+    char *model_dirs[TS_WORKER_MAX_MODELS];
     void (*notify)(void *);
     void *notify_ctx;
     pthread_t thread;
 
     _Atomic int state;
     char error[TS_ERROR_MSG_MAX];
-    ts_model_info info;
+    ts_model_info info[TS_WORKER_MAX_MODELS];
+    int n_info;
 
     /* Engine-thread objects. */
     ts_backend *be;
-    ts_model *model;
+    ts_model *ar, *masked;   /* one per family, either may be NULL */
     ts_kv_cache *kv;
     ts_sched *sched;
     ts_event *step_head, **step_tail;   /* events of the step in progress */
@@ -93,15 +94,88 @@ static void fail_job(ts_worker *w, uint64_t job, const char *msg)
     collect(w, ev);
 }
 
-static int load(ts_worker *w, ts_error *err)
+/* Loads one folder into the slot of its family (w->ar or w->masked). */
+static int load_model(ts_worker *w, int index, ts_error *err)
 {
-    int rc;
-    if (!(w->be = ts_backend_create(w->cfg.device, w->cfg.n_threads, err))) return err->code;
-    if ((rc = ts_model_load(w->be, w->model_dir, &w->model, err))) return rc;
-    if (!w->model->vq)
+    const char *dir = w->model_dirs[index];
+    ts_model *m;
+    int rc = ts_model_load(w->be, dir, &m, err);
+    if (rc) {   /* name the folder, unless the message already does */
+        if (strncmp(err->msg, dir, strlen(dir)) == 0) return rc;
+        char msg[TS_ERROR_MSG_MAX];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        return ts_fail(err, rc, "%s: %s", dir, msg);
+    }
+    ts_model **slot = m->family == TS_FAMILY_MASKGEN ? &w->masked : &w->ar;
+    if (*slot) {
+        ts_fail(err, TS_ERR_CONFIG, "%s and %s are both %s folders: serve at most one model of "
+                "each family (one LlamaGen, one MaskGen)", (*slot)->dir, dir,
+                m->family == TS_FAMILY_MASKGEN ? "MaskGen" : "LlamaGen");
+        ts_model_free(m);
+        return TS_ERR_CONFIG;
+    }
+    *slot = m;
+    if (m->family == TS_FAMILY_LLAMAGEN && !m->vq) {
         return ts_fail(err, TS_ERR_CONFIG, "%s: serving needs a vq decoder in the model folder",
-                       w->model_dir);
-    const llamagen_config *c = &w->model->gpt->cfg;
+                       dir);
+    }
+    return 0;
+}
+
+/* On a device with its own memory, the masked model's activations are grown to a full
+ * batch before the KV cache takes what is left: one step of max_batch images of the
+ * empty prompt, and one decode. (On the CPU memory is the host's: nothing to do.) */
+static int warm_masked(ts_worker *w, ts_error *err)
+{
+    size_t free_b, total_b;
+    if (!w->masked || ts_be_mem_info(w->be, &free_b, &total_b) != 0) return 0;
+    ts_masked_model *mm = w->masked->masked;
+    const maskgen_config *gc = &mm->gen->cfg;
+    int n = w->cfg.sched.max_batch, N = gc->num_tokens, S = mm->image_size;
+    ts_mask_params p = {gc->sampling.steps, gc->sampling.guidance,
+                        gc->sampling.randomize_temperature, gc->sampling.aesthetic, 0};
+    ts_mg_prompt pr;
+    int rc = ts_mg_prompt_make(mm, "", p.aesthetic, &pr, err);
+    if (rc) return rc;
+    int32_t *ids = malloc((size_t)n * N * sizeof *ids);
+    int32_t **rows = malloc((size_t)n * sizeof *rows);
+    const ts_mask_params **pp = malloc((size_t)n * sizeof *pp);
+    const ts_mg_prompt **prp = malloc((size_t)n * sizeof *prp);
+    int *steps = calloc((size_t)n, sizeof *steps);
+    uint64_t *seeds = calloc((size_t)n, sizeof *seeds);
+    uint8_t *rgb = malloc((size_t)S * S * 3);
+    if (!ids || !rows || !pp || !prp || !steps || !seeds || !rgb) {
+        rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        rows[i] = ids + (size_t)i * N;
+        for (int k = 0; k < N; k++) rows[i][k] = gc->codebook_size;
+        pp[i] = &p;
+        prp[i] = &pr;
+    }
+    if ((rc = ts_masked_step(mm, pp, prp, steps, seeds, n, rows, NULL, err)) ||
+        (rc = titok_decode(mm->dec, ids, pr.text, 1, NULL, rgb, err))) {
+        char msg[TS_ERROR_MSG_MAX];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        ts_fail(err, rc, "a masked step of --max-batch %d images does not fit: %s", n, msg);
+    }
+out:
+    ts_mg_prompt_free(mm, &pr);
+    free(ids);
+    free(rows);
+    free(pp);
+    free(prp);
+    free(steps);
+    free(seeds);
+    free(rgb);
+    return rc;
+}
+
+/* Sizes and makes the AR model's KV cache; fills the KV fields of info. */
+static int make_kv(ts_worker *w, ts_model_info *i, ts_error *err)
+{
+    const llamagen_config *c = &w->ar->gpt->cfg;
     int bs = TS_SCHED_KV_BLOCK;
     size_t block_bytes = ts_kv_block_bytes(c->n_layer, c->n_kv_head, c->head_dim, bs,
                                            ts_backend_kv_elem_bytes(w->be));
@@ -136,24 +210,68 @@ static int load(ts_worker *w, ts_error *err)
         }
     }
     if (n_blocks > (1L << 30)) n_blocks = 1L << 30;
-    if ((rc = ts_kv_cache_create(w->be, c->n_layer, c->n_kv_head, c->head_dim, bs,
-                                 (int)n_blocks, &w->kv, err)))
-        return rc;
-    if ((rc = ts_sched_create(w->model, w->kv, &w->cfg.sched, collect, w, &w->sched, err)))
-        return rc;
-    ts_model_info *i = &w->info;
-    snprintf(i->name, sizeof i->name, "%s", w->model->name);
-    snprintf(i->family, sizeof i->family, "llamagen");
-    i->image_size = w->model->image_size;
-    i->num_classes = c->num_classes;
-    i->vocab_size = c->vocab_size;
-    i->n_tokens = c->block_size;
+    int rc = ts_kv_cache_create(w->be, c->n_layer, c->n_kv_head, c->head_dim, bs, (int)n_blocks,
+                                &w->kv, err);
+    if (rc) return rc;
     i->kv_blocks = (int)n_blocks;
     i->kv_block_size = bs;
     i->kv_bytes = (size_t)n_blocks * block_bytes;
     i->blocks_per_image = per_image;
-    snprintf(i->device, sizeof i->device, "%s", ts_backend_describe(w->be));
     return 0;
+}
+
+static int arg_index(ts_worker *w, const ts_model *m)
+{
+    for (int i = 0; i < w->cfg.n_models; i++)
+        if (strcmp(w->model_dirs[i], m->dir) == 0) return i;
+    return 0;
+}
+
+static int load(ts_worker *w, ts_error *err)
+{
+    int rc;
+    if (!(w->be = ts_backend_create(w->cfg.device, w->cfg.n_threads, err))) return err->code;
+    for (int k = 0; k < w->cfg.n_models; k++)
+        if ((rc = load_model(w, k, err))) return rc;
+    /* Everything but the KV cache first, so that the cache takes what is left. */
+    if ((rc = warm_masked(w, err))) return rc;
+    const char *device = ts_backend_describe(w->be);
+    if (w->ar) {
+        ts_model_info *i = &w->info[w->n_info++];
+        const llamagen_config *c = &w->ar->gpt->cfg;
+        snprintf(i->name, sizeof i->name, "%s", w->ar->name);
+        snprintf(i->family, sizeof i->family, "llamagen");
+        i->job_family = TS_JOB_AR;
+        i->arg_index = arg_index(w, w->ar);
+        i->image_size = w->ar->image_size;
+        i->num_classes = c->num_classes;
+        i->vocab_size = c->vocab_size;
+        i->n_tokens = c->block_size;
+        snprintf(i->device, sizeof i->device, "%s", device);
+        if ((rc = make_kv(w, i, err))) return rc;
+    }
+    if (w->masked) {
+        ts_model_info *i = &w->info[w->n_info++];
+        const maskgen_config *gc = &w->masked->masked->gen->cfg;
+        snprintf(i->name, sizeof i->name, "%s", w->masked->name);
+        snprintf(i->family, sizeof i->family, "maskgen");
+        i->job_family = TS_JOB_MASKED;
+        i->arg_index = arg_index(w, w->masked);
+        i->image_size = w->masked->image_size;
+        i->n_tokens = gc->num_tokens;
+        i->codebook_size = gc->codebook_size;
+        i->max_prompt_bytes = TS_SCHED_MAX_PROMPT;
+        i->defaults = (ts_mask_params){gc->sampling.steps, gc->sampling.guidance,
+                                       gc->sampling.randomize_temperature,
+                                       gc->sampling.aesthetic, 0};
+        snprintf(i->device, sizeof i->device, "%s", device);
+    }
+    if (w->n_info == 2 && strcmp(w->info[0].name, w->info[1].name) == 0)
+        return ts_fail(err, TS_ERR_CONFIG, "both models are named \"%s\": give one a different "
+                       "\"name\" in its config.json, since requests choose a model by name",
+                       w->info[0].name);
+    ts_sched_models models = {w->ar, w->kv, w->masked};
+    return ts_sched_create(&models, &w->cfg.sched, collect, w, &w->sched, err);
 }
 
 static void record_step(ts_worker *w, double seconds)
@@ -181,8 +299,9 @@ static void unload(ts_worker *w)
     w->sched = NULL;
     ts_kv_cache_destroy(w->kv);
     w->kv = NULL;
-    ts_model_free(w->model);
-    w->model = NULL;
+    ts_model_free(w->ar);
+    ts_model_free(w->masked);
+    w->ar = w->masked = NULL;
     ts_backend_free(w->be);
     w->be = NULL;
 }
@@ -216,8 +335,6 @@ static void *run(void *arg)
         w->notify(w->notify_ctx);
         return NULL;
     }
-    free(w->model_dir);
-    w->model_dir = NULL;
     {
         ts_sched_stats ss;
         ts_sched_get_stats(w->sched, &ss);
@@ -282,9 +399,17 @@ int ts_worker_start(const ts_worker_config *cfg, void (*notify)(void *), void *c
     *out = NULL;
     ts_worker *w = calloc(1, sizeof *w);
     if (!w) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    if (cfg->n_models < 1 || cfg->n_models > TS_WORKER_MAX_MODELS) {
+        free(w);
+        return ts_fail(err, TS_ERR_INVALID, "serve 1 to %d model folders", TS_WORKER_MAX_MODELS);
+    }
     w->cfg = *cfg;
-    w->model_dir = strdup(cfg->model_dir);
-    w->cfg.model_dir = NULL;
+    int copied = 1;
+    for (int i = 0; i < cfg->n_models; i++) {
+        w->model_dirs[i] = strdup(cfg->model_dirs[i]);
+        copied &= w->model_dirs[i] != NULL;
+        w->cfg.model_dirs[i] = NULL;
+    }
     w->notify = notify;
     w->notify_ctx = ctx;
     w->step_tail = &w->step_head;
@@ -293,10 +418,10 @@ int ts_worker_start(const ts_worker_config *cfg, void (*notify)(void *), void *c
     atomic_init(&w->state, TS_WORKER_LOADING);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
-    if (!w->model_dir || pthread_create(&w->thread, NULL, run, w)) {
+    if (!copied || pthread_create(&w->thread, NULL, run, w)) {
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
-        free(w->model_dir);
+        for (int i = 0; i < TS_WORKER_MAX_MODELS; i++) free(w->model_dirs[i]);
         free(w);
         return ts_fail(err, TS_ERR_NOMEM, "cannot start the engine thread");
     }
@@ -306,7 +431,18 @@ int ts_worker_start(const ts_worker_config *cfg, void (*notify)(void *), void *c
 
 ts_worker_state ts_worker_get_state(ts_worker *w) { return atomic_load(&w->state); }
 const char *ts_worker_error(ts_worker *w) { return w->error; }
-const ts_model_info *ts_worker_info(ts_worker *w) { return &w->info; }
+int ts_worker_n_models(ts_worker *w) { return w->n_info; }
+const ts_model_info *ts_worker_info(ts_worker *w, int i)
+{
+    return i >= 0 && i < w->n_info ? &w->info[i] : NULL;
+}
+
+const ts_model_info *ts_worker_model(ts_worker *w, ts_job_family family)
+{
+    for (int i = 0; i < w->n_info; i++)
+        if (w->info[i].job_family == family) return &w->info[i];
+    return NULL;
+}
 
 int ts_worker_check(ts_worker *w, const ts_job_spec *spec, ts_error *err)
 {
@@ -404,6 +540,6 @@ void ts_worker_free(ts_worker *w)
     }
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
-    free(w->model_dir);
+    for (int i = 0; i < TS_WORKER_MAX_MODELS; i++) free(w->model_dirs[i]);
     free(w);
 }

@@ -1,5 +1,6 @@
-/* worker.h - the engine thread: loads the model, owns the backend, the KV cache and
- * the scheduler, and runs scheduler steps while there is work.
+/* worker.h - the engine thread: loads the models (at most one LlamaGen and one MaskGen
+ * folder, on one backend), owns the backend, the KV cache (for the LlamaGen model
+ * only) and the scheduler, and runs scheduler steps while there is work.
  *
  * Other threads talk to it only through this interface: submissions and cancels go in
  * through a mutex-protected inbox, events come out through an outbox, and after every
@@ -15,8 +16,12 @@
 
 #include "scheduler/scheduler.h"
 
+/* Model folders one server loads: one per family. */
+#define TS_WORKER_MAX_MODELS 2
+
 typedef struct ts_worker_config {
-    const char *model_dir;      /* borrowed until the worker is ready or failed */
+    const char *model_dirs[TS_WORKER_MAX_MODELS];   /* copied at start */
+    int n_models;               /* 1..TS_WORKER_MAX_MODELS */
     const char *device;         /* ts_backend_create's name: cpu, cuda or auto (NULL: cpu) */
     int n_threads;              /* CPU backend threads; <= 0: all cores */
     size_t kv_memory;           /* bytes for KV blocks; 0: enough for max_batch images */
@@ -30,18 +35,26 @@ typedef enum ts_worker_state {
     TS_WORKER_STOPPED,          /* drained and exited */
 } ts_worker_state;
 
-/* What the loaded model is; fixed once the worker is ready. */
+/* What a loaded model is; fixed once the worker is ready. */
 typedef struct ts_model_info {
     char name[128];
-    char family[32];
+    char family[32];            /* "llamagen" or "maskgen" */
+    ts_job_family job_family;   /* the requests it runs */
+    int arg_index;              /* its place in ts_worker_config.model_dirs */
     int image_size;
+    int n_tokens;               /* tokens per image (AR: also the steps) */
+    /* LlamaGen */
     int num_classes;
     int vocab_size;
-    int n_tokens;               /* tokens per image (steps) */
     int kv_blocks;
     int kv_block_size;
     size_t kv_bytes;
     int blocks_per_image;       /* with CFG on every step */
+    /* MaskGen */
+    int codebook_size;
+    int max_prompt_bytes;
+    ts_mask_params defaults;    /* steps, guidance, randomize_temperature, aesthetic
+                                   (config.json's sampling section; seed unused) */
     char device[128];           /* the backend, in words */
 } ts_model_info;
 
@@ -59,7 +72,7 @@ typedef struct ts_worker_stats {
     uint64_t steps;                                /* steps that did any work */
     uint64_t step_time_hist[TS_STEP_TIME_BUCKETS];  /* cumulative counts */
     double step_time_sum;
-    uint64_t batch_hist[TS_BATCH_BUCKETS];          /* images per forward, cumulative */
+    uint64_t batch_hist[TS_BATCH_BUCKETS];          /* images per AR forward, cumulative */
     uint64_t batch_sum;
 } ts_worker_stats;
 
@@ -72,7 +85,11 @@ int ts_worker_start(const ts_worker_config *cfg, void (*notify)(void *), void *c
 
 ts_worker_state ts_worker_get_state(ts_worker *w);
 const char *ts_worker_error(ts_worker *w);          /* the load failure, when FAILED */
-const ts_model_info *ts_worker_info(ts_worker *w);  /* valid once READY */
+/* The loaded models (valid once READY), LlamaGen first when there is one. */
+int ts_worker_n_models(ts_worker *w);
+const ts_model_info *ts_worker_info(ts_worker *w, int i);
+/* The model that runs requests of family, or NULL (valid once READY). */
+const ts_model_info *ts_worker_model(ts_worker *w, ts_job_family family);
 
 /* Whether spec can ever run on this server (call once READY); err names the field. */
 int ts_worker_check(ts_worker *w, const ts_job_spec *spec, ts_error *err);

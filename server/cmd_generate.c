@@ -270,24 +270,25 @@ static int run_masked(const gen_opts *o, ts_model *m, ts_error *err)
     }
     for (int i = 0; i < n; i++) prompts[i] = o->prompt;
     progress pr = {now_s(), n, !o->quiet && isatty(2)};
-    if (ts_masked_generate(mm, &p, prompts, n, tokens, rgb, on_step, &pr, err)) goto out;
+    ts_masked_timing tm;
+    if (ts_masked_generate(mm, &p, prompts, n, tokens, rgb, on_step, &pr, &tm, err)) goto out;
     double t = now_s() - pr.t0;
     if (o->tokens_out && write_tokens(o->tokens_out, tokens, n, N)) {
         ts_fail(err, TS_ERR_IO, "%s: cannot write tokens", o->tokens_out);
         goto out;
     }
     for (int i = 0; o->out && i < n; i++) {
-        char params[1024], path[4096];
-        snprintf(params, sizeof params, "model: %s, prompt: %s, seed: %llu, guidance: %g, "
-                 "randomize_temperature: %g, aesthetic: %g, steps: %d", m->name, o->prompt,
-                 (unsigned long long)(p.seed + (uint64_t)i), p.guidance,
-                 p.randomize_temperature, p.aesthetic, p.steps);
+        char params[2048], path[4096];
+        /* The server writes the same text, so a request's PNG is the CLI's, byte for byte. */
+        ts_png_mask_parameters(params, sizeof params, m->name, o->prompt, i, &p, p.seed);
         ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
         image_path(path, sizeof path, o->out, i, n);
         if (ts_png_write_file(path, rgb + (size_t)i * S * S * 3, S, S, text, 2, err)) goto out;
         if (!o->quiet) fprintf(stderr, "wrote %s\n", path);
     }
-    if (!o->quiet) fprintf(stderr, "%d image(s) in %.2f s (%d steps, decoder included)\n", n, t, p.steps);
+    if (!o->quiet)
+        fprintf(stderr, "%d image(s) in %.2f s: text %.2f s, %d steps %.2f s, decode %.2f s\n",
+                n, t, tm.text_s, p.steps, tm.steps_s, tm.decode_s);
     status = 0;
 out:
     free(prompts);

@@ -1,7 +1,7 @@
 /* cmd_serve.c - `tessera serve`: flags, start-up and shutdown of the HTTP server.
  *
- * Start-up order: listen first (so /health answers 503 while the model loads), then
- * start the engine worker, which loads the model on its own thread. SIGTERM/SIGINT:
+ * Start-up order: listen first (so /health answers 503 while the models load), then
+ * start the engine worker, which loads the models on its own thread. SIGTERM/SIGINT:
  * /health and new work get 503 at once, running and queued jobs finish, and the
  * process exits 0 once their answers are out (a second signal exits at once).
  */
@@ -28,21 +28,28 @@ double server_now(void)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: tessera serve --model DIR [options]\n"
+        "usage: tessera serve --model DIR [--model DIR2] [options]\n"
         "\n"
-        "Serves the model over HTTP (API: docs/api.md; web page at /).\n"
+        "Serves the models over HTTP (API: docs/api.md; web page at /).\n"
         "\n"
-        "  --model DIR          model folder holding config.json (required)\n"
+        "  --model DIR          model folder holding config.json (required); give it twice\n"
+        "                       to serve a LlamaGen (class-conditional) and a MaskGen\n"
+        "                       (text-to-image) folder side by side, stepped together.\n"
+        "                       Requests pick one with \"model\"; else \"class\" goes to\n"
+        "                       LlamaGen and \"prompt\" to MaskGen\n"
         "  --host ADDR          address to listen on (default 127.0.0.1)\n"
         "  --port N             port (default 8080)\n"
-        "  --max-batch N        images (CFG pairs) decoded together per step (default 16)\n"
-        "  --kv-memory BYTES    KV cache size, suffixes K/M/G allowed (default: enough for\n"
-        "                       --max-batch images of the model; on a GPU at most 90%% of\n"
-        "                       the memory left free after loading the weights)\n"
+        "  --max-batch N        images stepped together, of both models (default 16)\n"
+        "  --kv-memory BYTES    KV cache size (LlamaGen only), suffixes K/M/G allowed\n"
+        "                       (default: enough for --max-batch images of the model; on a\n"
+        "                       GPU at most 90%% of the memory left free after loading the\n"
+        "                       weights)\n"
         "  --queue-limit N      requests waiting beyond the batch before 429 (default 64)\n"
         "  --api-key-file F     require `Authorization: Bearer KEY`, one key per line of F\n"
-        "  --preview-every N    streamed requests get a preview every N tokens (default 32;\n"
-        "                       0 = none)\n"
+        "  --preview-every N    streamed LlamaGen requests get a preview every N tokens\n"
+        "                       (default 32; 0 = none)\n"
+        "  --masked-preview-every N  streamed MaskGen requests get a preview every N\n"
+        "                       steps (default 4; 0 = none)\n"
         "  --threads N          CPU backend threads (default: all cores)\n"
         "  --device D           cpu, cuda, cuda-fp32 or auto (default auto: the GPU when this build has\n"
         "                       CUDA and one is usable; cuda without a GPU falls back to\n"
@@ -108,21 +115,38 @@ static void on_wake(uv_async_t *a)
 {
     server *s = a->data;
     ts_worker_state st = ts_worker_get_state(s->worker);
-    if (st == TS_WORKER_READY && s->limits.n_tokens == 0) {
-        const ts_model_info *i = ts_worker_info(s->worker);
-        ts_error err = {0};
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/classes.txt", s->opt.model_dir);
-        if (ts_classes_load(path, i->num_classes, &s->classes, &err))
-            fprintf(stderr, "tessera serve: %s; prompts must be class ids\n", err.msg);
-        s->limits = (ts_api_limits){i->num_classes, i->vocab_size, i->image_size, i->n_tokens,
-                                    s->opt.max_batch < TS_API_MAX_N ? s->opt.max_batch : TS_API_MAX_N,
-                                    s->opt.preview_every, &s->classes};
-        fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV blocks "
-                        "(%.1f MiB, %d per image), batch %d, %d class names, on %s\n",
-                i->name, i->image_size, i->image_size, i->n_tokens, i->kv_blocks,
-                (double)i->kv_bytes / (1 << 20), i->blocks_per_image, s->opt.max_batch,
-                s->classes.n, i->device);
+    if (st == TS_WORKER_READY && !s->ready_seen) {
+        s->ready_seen = 1;
+        const ts_model_info *ar = ts_worker_model(s->worker, TS_JOB_AR);
+        const ts_model_info *mg = ts_worker_model(s->worker, TS_JOB_MASKED);
+        s->limits = (ts_api_limits){.max_n = s->opt.max_batch < TS_API_MAX_N ? s->opt.max_batch
+                                                                           : TS_API_MAX_N,
+                                    .preview_every = s->opt.preview_every,
+                                    .masked_preview_every = s->opt.masked_preview_every};
+        if (ar) {
+            ts_error err = {0};
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s/classes.txt", s->opt.model_dirs[ar->arg_index]);
+            if (ts_classes_load(path, ar->num_classes, &s->classes, &err))
+                fprintf(stderr, "tessera serve: %s; prompts must be class ids\n", err.msg);
+            s->limits.ar = (ts_api_model){1, ar->name, ar->image_size, ar->n_tokens,
+                                          ar->num_classes, ar->vocab_size, &s->classes, {0}};
+            fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV "
+                            "blocks (%.1f MiB, %d per image), batch %d, %d class names, on %s\n",
+                    ar->name, ar->image_size, ar->image_size, ar->n_tokens, ar->kv_blocks,
+                    (double)ar->kv_bytes / (1 << 20), ar->blocks_per_image, s->opt.max_batch,
+                    s->classes.n, ar->device);
+        }
+        if (mg) {
+            s->limits.masked = (ts_api_model){1, mg->name, mg->image_size, mg->n_tokens, 0, 0,
+                                              &s->classes, mg->defaults};
+            fprintf(stderr, "tessera serve: ready: %s (maskgen), %dx%d px, %d tokens per image, "
+                            "%d steps, guidance %g, randomize_temperature %g, aesthetic %g, "
+                            "batch %d, on %s\n",
+                    mg->name, mg->image_size, mg->image_size, mg->n_tokens, mg->defaults.steps,
+                    mg->defaults.guidance, mg->defaults.randomize_temperature,
+                    mg->defaults.aesthetic, s->opt.max_batch, mg->device);
+        }
     } else if (st == TS_WORKER_FAILED && !s->stopping) {
         /* Exit non-zero so a supervisor (Kubernetes, systemd) sees the failure. */
         fprintf(stderr, "tessera serve: the model failed to load: %s\n", ts_worker_error(s->worker));
@@ -206,15 +230,18 @@ static void notify(void *ctx)
 
 int cmd_serve(int argc, char **argv)
 {
-    serve_options o = {NULL, "127.0.0.1", 8080, 16, 0, 64, NULL, 32, 0, "auto", 600, 15, 1024};
+    serve_options o = {.host = "127.0.0.1", .port = 8080, .max_batch = 16, .queue_limit = 64,
+                       .preview_every = 32, .masked_preview_every = 4, .device = "auto",
+                       .job_ttl = 600, .sse_ping = 15, .max_connections = 1024};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
-           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP };
+           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
         {"kv-memory", required_argument, 0, O_KV}, {"queue-limit", required_argument, 0, O_QUEUE},
         {"api-key-file", required_argument, 0, O_KEYS},
         {"preview-every", required_argument, 0, O_PREVIEW},
+        {"masked-preview-every", required_argument, 0, O_MPREVIEW},
         {"threads", required_argument, 0, O_THREADS}, {"device", required_argument, 0, O_DEVICE},
         {"job-ttl", required_argument, 0, O_TTL},
         {"sse-ping", required_argument, 0, O_PING},
@@ -227,7 +254,14 @@ int cmd_serve(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         const char *bad = NULL;
         switch (c) {
-        case O_MODEL: o.model_dir = optarg; break;
+        case O_MODEL:
+            if (o.n_models == TS_WORKER_MAX_MODELS) {
+                fprintf(stderr, "tessera serve: at most %d --model folders (one LlamaGen, one "
+                        "MaskGen)\n", TS_WORKER_MAX_MODELS);
+                return 2;
+            }
+            o.model_dirs[o.n_models++] = optarg;
+            break;
         case O_HOST: o.host = optarg; break;
         case O_PORT: if (ts_parse_long(optarg, 0, 65535, &v)) bad = "--port"; else o.port = (int)v; break;
         case O_BATCH: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--max-batch"; else o.max_batch = (int)v; break;
@@ -235,6 +269,7 @@ int cmd_serve(int argc, char **argv)
         case O_QUEUE: if (ts_parse_long(optarg, 0, 1000000, &v)) bad = "--queue-limit"; else o.queue_limit = (int)v; break;
         case O_KEYS: o.api_key_file = optarg; break;
         case O_PREVIEW: if (ts_parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
+        case O_MPREVIEW: if (ts_parse_long(optarg, 0, 1 << 20, &v)) bad = "--masked-preview-every"; else o.masked_preview_every = (int)v; break;
         case O_THREADS: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
         case O_DEVICE:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "cuda-fp32") &&
@@ -265,7 +300,7 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "tessera serve: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!o.model_dir) {
+    if (!o.n_models) {
         fprintf(stderr, "tessera serve: --model DIR is required\n\n");
         usage(stderr);
         return 2;
@@ -295,10 +330,10 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "tessera serve: %s\n", err.msg);
         goto out;
     }
-    fprintf(stderr, "tessera serve: listening on http://%s:%d/ (loading %s)\n", o.host, o.port,
-            o.model_dir);
-    ts_worker_config wc = {o.model_dir, o.device, o.threads, o.kv_memory,
-                           {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
+    fprintf(stderr, "tessera serve: listening on http://%s:%d/ (loading %s%s%s)\n", o.host, o.port,
+            o.model_dirs[0], o.n_models > 1 ? " and " : "", o.n_models > 1 ? o.model_dirs[1] : "");
+    ts_worker_config wc = {{o.model_dirs[0], o.model_dirs[1]}, o.n_models, o.device, o.threads,
+                           o.kv_memory, {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
     if (ts_worker_start(&wc, notify, &s.wake, &s.worker, &err)) {
         fprintf(stderr, "tessera serve: %s\n", err.msg);
         http_stop(&s);

@@ -40,7 +40,7 @@ job *jobs_create(server *s, job_kind kind, ts_api_kind api, const ts_gen_request
     j->api = api;
     j->req = *req;
     j->state = JOB_QUEUED;
-    j->total = s->limits.n_tokens;
+    j->total = req->spec.family == TS_JOB_MASKED ? req->spec.mask.steps : s->limits.ar.n_tokens;
     j->created = server_now();
     j->created_unix = (long long)time(NULL);
     j->next = s->jobs;
@@ -150,21 +150,35 @@ static void sse_push_owned(conn *c, const char *event, char *json)
 
 /* ------------------------------------------------------------------ results */
 
+const char *job_model_name(server *s, const job *j)
+{
+    const ts_model_info *i = ts_worker_model(s->worker, j->req.spec.family);
+    return i ? i->name : "";
+}
+
 json_t *job_result_json(server *s, job *j)
 {
     int openai = j->api == TS_API_OPENAI;
     json_t *imgs = ts_api_images_json(j->images, j->n_ready, openai);
     if (!imgs) return NULL;
     if (openai) return json_pack("{s:I, s:o}", "created", (json_int_t)j->created_unix, "data", imgs);
-    return json_pack("{s:s, s:i, s:o}", "model", ts_worker_info(s->worker)->name, "class",
+    if (j->req.spec.family == TS_JOB_MASKED)
+        return json_pack("{s:s, s:s, s:o}", "model", job_model_name(s, j), "prompt",
+                         j->req.spec.prompt, "images", imgs);
+    return json_pack("{s:s, s:i, s:o}", "model", job_model_name(s, j), "class",
                      (int)j->req.spec.class_id, "images", imgs);
 }
 
 static int encode_png(server *s, job *j, const ts_event *ev, uint8_t **png, size_t *len)
 {
-    char params[512];
-    ts_png_parameters(params, sizeof params, ts_worker_info(s->worker)->name,
-                      j->req.spec.class_id, ev->image, &j->req.spec.params);
+    char params[TS_API_MAX_PROMPT + 512];
+    const ts_job_spec *spec = &j->req.spec;
+    if (spec->family == TS_JOB_MASKED)
+        ts_png_mask_parameters(params, sizeof params, job_model_name(s, j), spec->prompt,
+                               ev->image, &spec->mask, spec->params.seed);
+    else
+        ts_png_parameters(params, sizeof params, job_model_name(s, j), spec->class_id, ev->image,
+                          &spec->params);
     ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
     ts_error err = {0};
     if (ts_png_encode(ev->rgb, ev->width, ev->height, text, 2, png, len, &err)) {
@@ -304,7 +318,14 @@ void jobs_on_events(server *s, ts_event *ev)
                 else
                     finish(s, j, JOB_FAILED, 500, "internal", "an image could not be encoded");
                 break;
-            case TS_EV_FAILED: finish(s, j, JOB_FAILED, 500, "internal", ev->message); break;
+            case TS_EV_FAILED:
+                /* The engine refused the request's content (e.g. its prompt): the
+                 * client's error, as if the parser had caught it. */
+                if (ev->code == TS_ERR_INVALID)
+                    finish(s, j, JOB_FAILED, 422, "invalid_field", ev->message);
+                else
+                    finish(s, j, JOB_FAILED, 500, "internal", ev->message);
+                break;
             case TS_EV_CANCELLED:
                 finish(s, j, JOB_CANCELLED, 409, "cancelled", "the request was cancelled");
                 break;

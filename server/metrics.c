@@ -83,12 +83,24 @@ char *metrics_render(server *s)
     put(&b, "tessera_kv_blocks_free %d\n", st->kv_blocks_free);
     head(&b, "tessera_kv_blocks_reserved", "gauge", "free KV blocks promised to admitted requests");
     put(&b, "tessera_kv_blocks_reserved %d\n", st->kv_blocks_reserved);
-    head(&b, "tessera_forward_passes_total", "counter", "batched model forwards");
+    head(&b, "tessera_forward_passes_total", "counter", "batched autoregressive (LlamaGen) forwards");
     put(&b, "tessera_forward_passes_total %llu\n", (unsigned long long)st->forward_passes);
-    head(&b, "tessera_sequences_stepped_total", "counter", "sequences summed over forwards");
+    head(&b, "tessera_sequences_stepped_total", "counter", "sequences summed over autoregressive forwards");
     put(&b, "tessera_sequences_stepped_total %llu\n", (unsigned long long)st->rows_total);
+    head(&b, "tessera_masked_forward_passes_total", "counter",
+         "batched masked (MaskGen) steps: one generator forward over every running masked image");
+    put(&b, "tessera_masked_forward_passes_total %llu\n", (unsigned long long)st->masked_passes);
+    head(&b, "tessera_masked_images_stepped_total", "counter",
+         "masked images summed over masked steps");
+    put(&b, "tessera_masked_images_stepped_total %llu\n",
+        (unsigned long long)st->masked_images_total);
+    head(&b, "tessera_masked_batch_images", "gauge", "images in the last masked step");
+    put(&b, "tessera_masked_batch_images %d\n", st->last_masked_images);
+    head(&b, "tessera_prompts_encoded_total", "counter",
+         "MaskGen prompt conditionings made (CLIP, once per admitted request)");
+    put(&b, "tessera_prompts_encoded_total %llu\n", (unsigned long long)st->prompts_encoded);
 
-    head(&b, "tessera_batch_images", "histogram", "images (CFG pairs) per forward");
+    head(&b, "tessera_batch_images", "histogram", "images (CFG pairs) per autoregressive forward");
     for (int i = 0; i < TS_BATCH_BUCKETS - 1; i++)
         put(&b, "tessera_batch_images_bucket{le=\"%d\"} %llu\n", ts_batch_bounds[i],
             (unsigned long long)w.batch_hist[i]);
@@ -107,6 +119,10 @@ char *metrics_render(server *s)
     put(&b, "tessera_images_generated_total %llu\n", (unsigned long long)s->m.images_generated);
     head(&b, "tessera_previews_total", "counter", "preview decodes run by the engine");
     put(&b, "tessera_previews_total %llu\n", (unsigned long long)st->previews);
+    head(&b, "tessera_image_decodes_total", "counter", "image decodes (finals and previews) by decoder");
+    put(&b, "tessera_image_decodes_total{decoder=\"vq\"} %llu\n", (unsigned long long)st->vq_decodes);
+    put(&b, "tessera_image_decodes_total{decoder=\"titok\"} %llu\n",
+        (unsigned long long)st->titok_decodes);
     head(&b, "tessera_requests_cancelled_total", "counter", "requests cancelled (disconnect or DELETE)");
     put(&b, "tessera_requests_cancelled_total %llu\n", (unsigned long long)s->m.requests_cancelled);
     head(&b, "tessera_client_disconnects_total", "counter", "clients gone before their answer");

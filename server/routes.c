@@ -86,11 +86,23 @@ static int ready(server *s) { return ts_worker_get_state(s->worker) == TS_WORKER
 
 /* ------------------------------------------------------------------ simple endpoints */
 
+/* [{"id": ..., "family": ...}, ...]: what /health lists. */
+static json_t *models_brief(server *s)
+{
+    json_t *arr = json_array();
+    for (int k = 0; arr && k < ts_worker_n_models(s->worker); k++) {
+        const ts_model_info *i = ts_worker_info(s->worker, k);
+        json_array_append_new(arr, json_pack("{s:s, s:s}", "id", i->name, "family", i->family));
+    }
+    return arr;
+}
+
 static enum MHD_Result get_health(conn *c)
 {
     server *s = c->srv;
     if (s->draining || !ready(s)) return not_ready(c);
-    return send_json(c, 200, strdup("{\"status\":\"ok\"}"));
+    return send_json(c, 200, ts_api_dump(json_pack("{s:s, s:o}", "status", "ok", "models",
+                                                   models_brief(s))));
 }
 
 static enum MHD_Result get_metrics(conn *c)
@@ -101,16 +113,47 @@ static enum MHD_Result get_metrics(conn *c)
                      MHD_RESPMEM_MUST_FREE);
 }
 
+/* One /v1/models entry: what the model is and the parameters its requests take. */
+static json_t *model_json(server *s, const ts_model_info *i)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i}", "id", i->name, "object", "model",
+                          "owned_by", "tessera", "family", i->family, "image_size", i->image_size,
+                          "tokens", i->n_tokens, "max_n", s->limits.max_n);
+    if (!o) return NULL;
+    if (i->job_family == TS_JOB_AR) {
+        json_object_set_new(o, "num_classes", json_integer(i->num_classes));
+        json_object_set_new(o, "class_names", json_boolean(s->classes.n > 0));
+        json_object_set_new(o, "input", json_string("class"));
+        json_object_set_new(o, "steps", json_integer(i->n_tokens));
+        json_object_set_new(o, "defaults", json_pack("{s:f, s:f, s:i, s:f, s:f}", "cfg", 4.0,
+                                                     "cfg_interval", -1.0, "top_k", 2000, "top_p",
+                                                     1.0, "temperature", 1.0));
+        json_object_set_new(o, "preview_every", json_integer(s->opt.preview_every));
+    } else {
+        const ts_mask_params *d = &i->defaults;
+        json_object_set_new(o, "num_tokens", json_integer(i->n_tokens));
+        json_object_set_new(o, "codebook_size", json_integer(i->codebook_size));
+        json_object_set_new(o, "input", json_string("prompt"));
+        json_object_set_new(o, "max_prompt_bytes", json_integer(i->max_prompt_bytes));
+        json_object_set_new(o, "steps", json_integer(d->steps));
+        json_object_set_new(o, "defaults",
+                            json_pack("{s:i, s:f, s:f, s:f}", "steps", d->steps, "guidance",
+                                      (double)d->guidance, "randomize_temperature",
+                                      (double)d->randomize_temperature, "aesthetic",
+                                      (double)d->aesthetic));
+        json_object_set_new(o, "preview_every", json_integer(s->opt.masked_preview_every));
+    }
+    return o;
+}
+
 static enum MHD_Result get_models(conn *c)
 {
     server *s = c->srv;
     if (!ready(s)) return not_ready(c);
-    const ts_model_info *i = ts_worker_info(s->worker);
-    return send_json(c, 200, ts_api_dump(json_pack(
-        "{s:s, s:[{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:b}]}", "object", "list", "data",
-        "id", i->name, "object", "model", "owned_by", "tessera", "family", i->family,
-        "image_size", i->image_size, "num_classes", i->num_classes, "tokens", i->n_tokens,
-        "max_n", s->limits.max_n, "class_names", s->classes.n > 0)));
+    json_t *arr = json_array();
+    for (int k = 0; arr && k < ts_worker_n_models(s->worker); k++)
+        json_array_append_new(arr, model_json(s, ts_worker_info(s->worker, k)));
+    return send_json(c, 200, ts_api_dump(json_pack("{s:s, s:o}", "object", "list", "data", arr)));
 }
 
 static enum MHD_Result get_classes(conn *c)
@@ -118,7 +161,7 @@ static enum MHD_Result get_classes(conn *c)
     server *s = c->srv;
     if (!ready(s)) return not_ready(c);
     json_t *arr = json_array();
-    int n = s->limits.num_classes;
+    int n = s->limits.ar.present ? s->limits.ar.num_classes : 0;   /* none without LlamaGen */
     for (int i = 0; arr && i < n; i++) {
         char id[16];
         snprintf(id, sizeof id, "%d", i);
@@ -193,7 +236,7 @@ static enum MHD_Result start_job(conn *c, ts_api_kind api, job_kind kind)
     if (kind == JOB_SYNC && api == TS_API_NATIVE && wants(c, "text/event-stream")) req.stream = 1;
     if (req.stream) {
         kind = JOB_STREAM;
-        if (api == TS_API_NATIVE) req.spec.preview_every = s->opt.preview_every;
+        if (api == TS_API_NATIVE) req.spec.preview_every = ts_api_preview_every(&s->limits, &req.spec);
     }
     ts_error err = {0};
     if (ts_worker_check(s->worker, &req.spec, &err))

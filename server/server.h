@@ -19,14 +19,16 @@
 #include "scheduler/worker.h"
 
 typedef struct serve_options {
-    const char *model_dir;
+    const char *model_dirs[TS_WORKER_MAX_MODELS];   /* --model, in order */
+    int n_models;
     const char *host;
     int port;
     int max_batch;
     size_t kv_memory;
     int queue_limit;
     const char *api_key_file;
-    int preview_every;
+    int preview_every;      /* LlamaGen: tokens between previews */
+    int masked_preview_every;   /* MaskGen: steps between previews */
     int threads;
     const char *device;     /* cpu, cuda or auto */
     int job_ttl;            /* seconds a finished async job is kept */
@@ -87,7 +89,8 @@ typedef struct server {
     uv_signal_t sigterm, sigint;
     struct MHD_Daemon *mhd;
     ts_worker *worker;
-    ts_class_table classes;
+    int ready_seen;              /* the models' limits are known */
+    ts_class_table classes;      /* the LlamaGen model's (empty without one) */
     ts_api_limits limits;
     char **api_keys;
     int n_api_keys;
@@ -144,6 +147,7 @@ void jobs_expire(server *s);
 void jobs_forget(server *s, job *j);
 const char *job_state_name(job_state st);
 json_t *job_result_json(server *s, job *j); /* the finished body: native or OpenAI form */
+const char *job_model_name(server *s, const job *j);
 void sse_push(conn *c, const char *event, const char *json);
 void sse_comment(conn *c, const char *text);
 int retry_after_seconds(server *s);

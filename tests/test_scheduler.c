@@ -1,11 +1,14 @@
 /* test_scheduler.c - the block manager and the continuous-batching scheduler, on the
- * real tiny LlamaGen fixture model (tests/fixtures/llamagen_tiny: 16 tokens per image).
+ * real tiny fixture models (tests/fixtures/llamagen_tiny: 16 tokens per image;
+ * tests/fixtures/maskgen_tiny: 16 tokens, 32x32 px, text-to-image).
  *
  * What must hold: blocks are reserved exactly and come back, the null-class prefix is
  * shared and copied on write, groups join and leave between steps (so N requests take
  * far fewer forward passes than N runs of one), limits hold, cancellation frees at the
  * next step, and every image equals the one the CLI's whole-batch generator makes
- * from the same seed, alone or batched.
+ * from the same seed, alone or batched. Masked (MaskGen) groups run beside
+ * autoregressive ones, one masked step per engine step, under the same image budget,
+ * and equal ts_masked_generate's images for the same seed.
  */
 #include "tests/check_util.h"
 
@@ -18,6 +21,7 @@
 #include "scheduler/scheduler.h"
 
 #define FIXTURE "tests/fixtures/llamagen_tiny"
+#define MG_FIXTURE "tests/fixtures/maskgen_tiny"
 #define MAX_EVENTS 4096
 
 /* ------------------------------------------------------------ block manager */
@@ -104,7 +108,8 @@ static void collect(void *ctx, ts_event *ev)
 
 typedef struct rig {
     ts_backend *be;
-    ts_model *m;
+    ts_model *m;               /* LlamaGen, or NULL */
+    ts_model *mg;              /* MaskGen, or NULL */
     ts_kv_cache *kv;
     ts_sched *s;
     sink k;
@@ -121,7 +126,8 @@ static void rig_open(rig *r, int max_batch, int kv_blocks, int previews)
     ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, kv_blocks,
                                 &r->kv, &err), err);
     ts_sched_config sc = {max_batch, 2, previews};
-    ts_ck_ok(ts_sched_create(r->m, r->kv, &sc, collect, &r->k, &r->s, &err), err);
+    ts_sched_models mods = {r->m, r->kv, NULL};
+    ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
 
 static void rig_close(rig *r)
@@ -130,6 +136,7 @@ static void rig_close(rig *r)
     ts_sched_free(r->s);
     ts_kv_cache_destroy(r->kv);
     ts_model_free(r->m);
+    ts_model_free(r->mg);
     ts_backend_free(r->be);
 }
 
@@ -162,7 +169,8 @@ static int count_events(const rig *r, uint64_t job, ts_event_kind kind)
 
 static ts_job_spec spec_of(int n, int cls, uint64_t seed, float cfg, float interval)
 {
-    ts_job_spec s = {n, cls, {cfg, interval, {1.0f, 0, 1.0f}, seed}, 0};
+    ts_job_spec s = {.n_images = n, .class_id = cls,
+                     .params = {cfg, interval, {1.0f, 0, 1.0f}, seed}, .family = TS_JOB_AR};
     return s;
 }
 
@@ -347,6 +355,325 @@ START_TEST(test_previews)
 }
 END_TEST
 
+/* ------------------------------------------------------------ masked groups */
+
+static int have_maskgen(void)
+{
+    if (access(MG_FIXTURE "/config.json", R_OK) == 0) return 1;
+    fprintf(stderr, "test_scheduler: skipped (%s is absent): the masked scheduler tests need "
+            "the MaskGen fixture\n", MG_FIXTURE);
+    return 0;
+}
+
+/* A rig with the MaskGen fixture, and the LlamaGen one too when with_ar. */
+static void rig_open_masked(rig *r, int with_ar, int max_batch, int previews)
+{
+    ts_error err = {0};
+    memset(r, 0, sizeof *r);
+    r->be = ts_backend_cpu_create(2, &err);
+    ck_assert_ptr_nonnull(r->be);
+    ts_ck_ok(ts_model_load(r->be, MG_FIXTURE, &r->mg, &err), err);
+    ck_assert_int_eq(r->mg->family, TS_FAMILY_MASKGEN);
+    if (with_ar) {
+        ts_ck_ok(ts_model_load(r->be, FIXTURE, &r->m, &err), err);
+        const llamagen_config *c = &r->m->gpt->cfg;
+        ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, 64, &r->kv,
+                                    &err), err);
+    }
+    ts_sched_config sc = {max_batch, 2, previews};
+    ts_sched_models mods = {r->m, r->kv, r->mg};
+    ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
+}
+
+/* A masked request with the model's default sampling (steps < 0: the default). */
+static ts_job_spec masked_spec(const rig *r, int n, const char *prompt, uint64_t seed, int steps)
+{
+    const maskgen_sampling *d = &r->mg->masked->gen->cfg.sampling;
+    ts_job_spec s;
+    memset(&s, 0, sizeof s);
+    s.n_images = n;
+    s.class_id = -1;
+    s.params.seed = seed;
+    s.family = TS_JOB_MASKED;
+    s.mask = (ts_mask_params){steps > 0 ? steps : d->steps, d->guidance,
+                              d->randomize_temperature, d->aesthetic, 0};
+    snprintf(s.prompt, sizeof s.prompt, "%s", prompt);
+    return s;
+}
+
+static int mg_tokens(const rig *r) { return r->mg->masked->gen->cfg.num_tokens; }
+
+/* The reference: ts_masked_generate (the CLI's whole-batch driver), image alone. */
+static void masked_reference(rig *r, const ts_job_spec *s, int image, int32_t *tokens,
+                             uint8_t *rgb)
+{
+    ts_mask_params p = s->mask;
+    p.seed = s->params.seed + (uint64_t)image;
+    const char *prompt = s->prompt;
+    ts_error err = {0};
+    ts_ck_ok(ts_masked_generate(r->mg->masked, &p, &prompt, 1, tokens, rgb, NULL, NULL, NULL, &err), err);
+}
+
+/* Every image of job equals its reference, tokens and pixels. */
+static void check_masked_job(rig *r, uint64_t job, const ts_job_spec *s)
+{
+    int N = mg_tokens(r), px = r->mg->image_size;
+    int32_t *want = malloc((size_t)N * sizeof *want);
+    uint8_t *rgb = malloc((size_t)px * px * 3);
+    ck_assert_ptr_nonnull(find_event(r, job, TS_EV_DONE, 0));
+    ck_assert_int_eq(count_events(r, job, TS_EV_PROGRESS), s->mask.steps);
+    for (int i = 0; i < s->n_images; i++) {
+        const ts_event *img = find_event(r, job, TS_EV_IMAGE, i);
+        ck_assert_ptr_nonnull(img);
+        ck_assert_int_eq(img->width, px);
+        ck_assert_int_eq(img->total, N);
+        masked_reference(r, s, i, want, rgb);
+        ck_assert_msg(memcmp(img->tokens, want, (size_t)N * sizeof *want) == 0,
+                      "masked job %d image %d differs from the same seed alone", (int)job, i);
+        ck_assert_msg(memcmp(img->rgb, rgb, (size_t)px * px * 3) == 0,
+                      "masked job %d image %d: pixels differ from the reference", (int)job, i);
+        for (int k = 0; k < N; k++) ck_assert_int_lt(img->tokens[k], r->mg->masked->gen->cfg.codebook_size);
+    }
+    free(want);
+    free(rgb);
+}
+
+START_TEST(test_masked_alone)
+{
+    if (!have_maskgen()) return;
+    rig r;
+    rig_open_masked(&r, 0, 4, 0);
+    ts_error err = {0};
+    ts_job_spec a = masked_spec(&r, 2, "a red cube on a table", 5, -1);
+    ts_ck_ok(ts_sched_add(r.s, 1, &a, &err), err);
+    int steps = run_until_idle(&r, 100);
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq((int)st.masked_passes, a.mask.steps);
+    ck_assert_int_eq((int)st.masked_images_total, 2 * a.mask.steps);
+    ck_assert_int_eq(st.last_masked_images, 2);
+    ck_assert_int_eq((int)st.forward_passes, 0);
+    ck_assert_int_eq((int)st.prompts_encoded, 1);
+    ck_assert_int_eq(st.kv_blocks_total, 0);
+    ck_assert_int_le(steps, a.mask.steps + 1);
+    /* Progress counts masked steps. */
+    for (int i = 0, k = 0; i < r.k.n; i++)
+        if (r.k.ev[i]->kind == TS_EV_PROGRESS) {
+            ck_assert_int_eq(r.k.ev[i]->step, ++k);
+            ck_assert_int_eq(r.k.ev[i]->total, a.mask.steps);
+        }
+    check_masked_job(&r, 1, &a);
+    /* An AR request on a server without a LlamaGen model is refused up front. */
+    ts_job_spec ar = spec_of(1, 1, 1, 4.0f, -1.0f);
+    ts_ck_fails(ts_sched_add(r.s, 2, &ar, &err), err, TS_ERR_INVALID, "LlamaGen");
+    rig_close(&r);
+}
+END_TEST
+
+START_TEST(test_masked_with_ar_interleaved)
+{
+    if (!have_maskgen()) return;
+    rig r;
+    rig_open_masked(&r, 1, 8, 0);
+    ts_error err = {0};
+    int L = r.m->gpt->cfg.block_size;
+    ts_job_spec m1 = masked_spec(&r, 2, "a photo of a cat", 7, -1);
+    ts_job_spec m2 = masked_spec(&r, 1, "", 9, 8);             /* the null prompt, 8 steps */
+    ts_job_spec m3 = masked_spec(&r, 1, "a photo of a cat", 8, -1);   /* = m1's image 1 */
+    ts_job_spec a1 = spec_of(2, 3, 11, 4.0f, -1.0f), a2 = spec_of(1, 5, 22, 2.0f, 5.0f);
+    /* An AR and a masked group start together; more of both join later. */
+    ts_ck_ok(ts_sched_add(r.s, 1, &a1, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &m1, &err), err);
+    int both = 0;
+    ts_sched_stats before, after;
+    for (int i = 0; i < 3; i++) {
+        ts_sched_get_stats(r.s, &before);
+        ts_ck_ok(ts_sched_step(r.s, &err), err);
+        ts_sched_get_stats(r.s, &after);
+        both += after.forward_passes == before.forward_passes + 1 &&
+                after.masked_passes == before.masked_passes + 1;
+    }
+    /* Every engine step ran one AR forward and one masked step. */
+    ck_assert_int_eq(both, 3);
+    ck_assert_int_eq(after.last_batch_images, 2);
+    ck_assert_int_eq(after.last_masked_images, 2);
+    ts_ck_ok(ts_sched_add(r.s, 3, &m2, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 4, &a2, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 5, &m3, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_get_stats(r.s, &after);
+    ck_assert_int_eq(after.last_masked_images, 4);   /* m1's two, m2, m3 at other steps */
+    ck_assert_int_eq(after.last_batch_images, 3);
+    run_until_idle(&r, 200);
+    ts_sched_get_stats(r.s, &after);
+    ck_assert_int_eq((int)after.forward_passes, 3 + L);
+    ck_assert_int_eq((int)after.masked_passes, 3 + m3.mask.steps);
+    ck_assert_int_eq((int)after.images_done, 2 + 1 + 1 + 2 + 1);
+    ck_assert_int_eq((int)after.prompts_encoded, 3);
+    ck_assert_int_eq(after.kv_blocks_free, after.kv_blocks_total - 1);
+    ck_assert_int_eq(after.kv_blocks_reserved, 0);
+    check_masked_job(&r, 2, &m1);
+    check_masked_job(&r, 3, &m2);
+    check_masked_job(&r, 5, &m3);
+    /* m3 is m1's image 1 alone, started 3 steps later. */
+    ck_assert(memcmp(find_event(&r, 5, TS_EV_IMAGE, 0)->tokens,
+                     find_event(&r, 2, TS_EV_IMAGE, 1)->tokens,
+                     (size_t)mg_tokens(&r) * sizeof(int32_t)) == 0);
+    /* The AR groups are unaffected by the masked ones. */
+    int32_t *want = malloc((size_t)L * sizeof *want);
+    ts_job_spec *ars[2] = {&a1, &a2};
+    uint64_t ids[2] = {1, 4};
+    for (int j = 0; j < 2; j++)
+        for (int i = 0; i < ars[j]->n_images; i++) {
+            reference_tokens(&r, ars[j], i, want);
+            ck_assert(memcmp(find_event(&r, ids[j], TS_EV_IMAGE, i)->tokens, want,
+                             (size_t)L * sizeof *want) == 0);
+        }
+    free(want);
+    rig_close(&r);
+}
+END_TEST
+
+START_TEST(test_masked_budget_checks_and_cancel)
+{
+    if (!have_maskgen()) return;
+    rig r;
+    rig_open_masked(&r, 1, 2, 0);
+    ts_error err = {0};
+    int N = mg_tokens(&r);
+    ts_job_spec bad = masked_spec(&r, 1, "x", 1, -1);
+    bad.mask.steps = 0;
+    ts_ck_fails(ts_sched_add(r.s, 9, &bad, &err), err, TS_ERR_INVALID, "steps");
+    bad.mask.steps = N + 1;
+    ts_ck_fails(ts_sched_add(r.s, 9, &bad, &err), err, TS_ERR_INVALID, "steps");
+    bad = masked_spec(&r, 3, "x", 1, -1);
+    ts_ck_fails(ts_sched_add(r.s, 9, &bad, &err), err, TS_ERR_INVALID, "n must be");
+    bad = masked_spec(&r, 1, "x", 1, -1);
+    memset(bad.prompt, 'a', sizeof bad.prompt);   /* no terminator */
+    ts_ck_fails(ts_sched_add(r.s, 9, &bad, &err), err, TS_ERR_INVALID, "prompt");
+
+    /* max_batch counts images of both kinds: an AR pair fills it, the masked group waits. */
+    ts_job_spec two = spec_of(2, 1, 1, 4.0f, -1.0f);
+    ts_job_spec m = masked_spec(&r, 1, "a house", 3, -1);
+    ts_ck_ok(ts_sched_add(r.s, 1, &two, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &m, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 3, &m, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_null(find_event(&r, 2, TS_EV_STARTED, 0));
+    ck_assert_int_eq(find_event(&r, 2, TS_EV_QUEUED, 0)->position, 1);
+    ck_assert_int_eq(find_event(&r, 3, TS_EV_QUEUED, 0)->position, 2);
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq((int)st.masked_passes, 0);
+    /* Cancel the running AR group: both masked groups start at the next step. */
+    ck_assert_int_eq(ts_sched_cancel(r.s, 1), 0);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_nonnull(find_event(&r, 1, TS_EV_CANCELLED, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 2, TS_EV_STARTED, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 3, TS_EV_STARTED, 0));
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.kv_blocks_free, st.kv_blocks_total - 1);
+    ck_assert_int_eq(st.last_masked_images, 2);
+    ck_assert_int_eq((int)st.prompts_encoded, 2);
+    /* Cancel a running masked group part-way: its prompt and ids go at the next step
+     * (the sanitizer build checks that nothing leaks). */
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_int_eq(ts_sched_cancel(r.s, 2), 0);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_nonnull(find_event(&r, 2, TS_EV_CANCELLED, 0));
+    ck_assert_int_eq(count_events(&r, 2, TS_EV_IMAGE), 0);
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.running, 1);
+    ck_assert_int_eq(st.last_masked_images, 1);
+    /* A waiting masked group cancels too, without its prompt ever being encoded. */
+    ts_ck_ok(ts_sched_add(r.s, 4, &two, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 5, &m, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_nonnull(find_event(&r, 5, TS_EV_QUEUED, 0));
+    ck_assert_int_eq(ts_sched_cancel(r.s, 5), 0);
+    run_until_idle(&r, 200);
+    ck_assert_ptr_nonnull(find_event(&r, 5, TS_EV_CANCELLED, 0));
+    ck_assert_ptr_null(find_event(&r, 5, TS_EV_STARTED, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 4, TS_EV_DONE, 0));
+    check_masked_job(&r, 3, &m);
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq((int)st.prompts_encoded, 2);
+    ck_assert_int_eq(st.kv_blocks_free, st.kv_blocks_total - 1);
+    ck_assert_int_eq(ts_sched_busy(r.s), 0);
+    /* A group still running when the scheduler is freed goes with it. */
+    ts_ck_ok(ts_sched_add(r.s, 6, &m, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    rig_close(&r);
+}
+END_TEST
+
+START_TEST(test_masked_prompt_refused_fails_alone)
+{
+    if (!have_maskgen()) return;
+    rig r;
+    rig_open_masked(&r, 1, 2, 0);
+    ts_error err = {0};
+    /* Invalid UTF-8 (the API's JSON parser never lets it through; the engine refuses it
+     * too): the group fails at admission with the tokenizer's TS_ERR_INVALID, and the
+     * groups behind it start in the same step. */
+    ts_job_spec bad = masked_spec(&r, 2, "\xff\xfe not UTF-8", 1, -1);
+    ts_job_spec ok = masked_spec(&r, 1, "a boat", 2, -1);
+    ts_job_spec ar = spec_of(1, 2, 3, 4.0f, -1.0f);
+    ts_ck_ok(ts_sched_add(r.s, 1, &bad, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &ok, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 3, &ar, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    const ts_event *f = find_event(&r, 1, TS_EV_FAILED, 0);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(f->code, TS_ERR_INVALID);
+    ck_assert_msg(strstr(f->message, "UTF-8") != NULL, "message: %s", f->message);
+    ck_assert_ptr_null(find_event(&r, 1, TS_EV_STARTED, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 2, TS_EV_STARTED, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 3, TS_EV_STARTED, 0));
+    run_until_idle(&r, 100);
+    check_masked_job(&r, 2, &ok);
+    ck_assert_ptr_nonnull(find_event(&r, 3, TS_EV_DONE, 0));
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq((int)st.prompts_encoded, 1);
+    rig_close(&r);
+}
+END_TEST
+
+START_TEST(test_masked_previews)
+{
+    if (!have_maskgen()) return;
+    rig r;
+    rig_open_masked(&r, 0, 4, 4);
+    ts_error err = {0};
+    int N = mg_tokens(&r), px = r.mg->image_size;
+    ts_job_spec s = masked_spec(&r, 2, "a blue bird", 21, -1);
+    s.preview_every = 4;
+    ck_assert_int_gt(s.mask.steps, 4);
+    ts_ck_ok(ts_sched_add(r.s, 1, &s, &err), err);
+    run_until_idle(&r, 100);
+    int want_previews = (s.mask.steps - 1) / 4;   /* every 4 steps, not at the last */
+    ck_assert_int_eq(count_events(&r, 1, TS_EV_PREVIEW), want_previews * 2);
+    int last_step = 0;
+    for (int i = 0; i < r.k.n; i++) {
+        const ts_event *e = r.k.ev[i];
+        if (e->kind != TS_EV_PREVIEW) continue;
+        ck_assert_int_eq(e->step % 4, 0);
+        ck_assert_int_eq(e->total, s.mask.steps);
+        ck_assert_int_eq(e->width, px);
+        ck_assert_ptr_nonnull(e->rgb);
+        if (e->image == 0) {
+            ck_assert_int_gt(e->step, last_step);
+            last_step = e->step;
+        }
+    }
+    /* Previews never disturb the images. */
+    check_masked_job(&r, 1, &s);
+    (void)N;
+    rig_close(&r);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("scheduler");
@@ -358,6 +685,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_kv_capacity_admission);
     tcase_add_test(tc, test_cancel_frees_blocks_next_step);
     tcase_add_test(tc, test_previews);
+    tcase_add_test(tc, test_masked_alone);
+    tcase_add_test(tc, test_masked_with_ar_interleaved);
+    tcase_add_test(tc, test_masked_budget_checks_and_cancel);
+    tcase_add_test(tc, test_masked_prompt_refused_fails_alone);
+    tcase_add_test(tc, test_masked_previews);
     suite_add_tcase(s, tc);
     return s;
 }

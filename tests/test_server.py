@@ -3,9 +3,12 @@
 
     /usr/bin/python3 tests/test_server.py path/to/build/tessera
 
-Two random-weight models: the committed tiny fixture (16 tokens per image, fast) and a
-"slow" one made here with tools/ (256 tokens per image), so that requests are still
-running when a test disconnects, cancels, fills the queue or sends SIGTERM.
+Random-weight models: the committed tiny fixtures (LlamaGen: 16 tokens per image;
+MaskGen: 16 tokens, 32x32 px, text-to-image), and a "slow" LlamaGen one made here with
+tools/ (256 tokens per image), so that requests are still running when a test
+disconnects, cancels, fills the queue or sends SIGTERM. A server with both tiny models
+runs masked and autoregressive requests side by side (they must interleave step by step
+and each give the CLI's PNG).
 Checks every endpoint and error of docs/api.md, SSE event order, batching (N
 concurrent requests take far fewer forward passes than N alone), that the same seed
 gives the same PNG bytes as the CLI alone or batched, disconnects freeing KV blocks,
@@ -28,11 +31,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "fixtures", "llamagen_tiny")
+MASKGEN = os.path.join(ROOT, "tests", "fixtures", "maskgen_tiny")
 PY = os.environ.get("PYTHON", "/usr/bin/python3")
 WORK = tempfile.mkdtemp(prefix="tessera_test_server_")
 BIN = None
 SLOW = os.path.join(WORK, "slow-model")
 TINY_TOKENS = 16
+MG_TOKENS = 16      # maskgen_tiny: tokens per image
+MG_STEPS = 8        # maskgen_tiny's config: default steps
+MG_PX = 32
 
 
 def free_port():
@@ -163,6 +170,40 @@ def cli_png(model, cls, seed, n=1, **kw):
     return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
 
 
+def cli_masked_png(prompt, seed, n=1, **kw):
+    """PNG bytes of the CLI for a MaskGen request (image i of n)."""
+    out = os.path.join(WORK, "cli-mg-%d-%d.png" % (seed, len(os.listdir(WORK))))
+    args = [BIN, "generate", "--model", MASKGEN, "--prompt", prompt, "--seed", str(seed),
+            "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
+    for k, v in kw.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    subprocess.run(args, check=True)
+    if n == 1:
+        return [open(out, "rb").read()]
+    return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
+
+
+def png_size(png):
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", png[:16]
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def png_parameters(png):
+    """The "parameters" text of a PNG (tEXt or iTXt), decoded."""
+    pos = 8
+    while pos < len(png):
+        n = int.from_bytes(png[pos:pos + 4], "big")
+        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + n]
+        if kind == b"tEXt" and data.startswith(b"parameters\0"):
+            return data[len(b"parameters\0"):].decode("latin-1")
+        if kind == b"iTXt" and data.startswith(b"parameters\0"):
+            rest = data[len(b"parameters\0") + 2:]          # compression flag and method
+            rest = rest.split(b"\0", 2)[2]                   # language tag, translated key
+            return rest.decode("utf-8")
+        pos += 12 + n
+    return None
+
+
 def error_of(status_hdrs_body):
     status, _, body = status_hdrs_body
     assert isinstance(body, dict) and "error" in body, body
@@ -174,7 +215,8 @@ def error_of(status_hdrs_body):
 
 def test_health_models_classes_page(srv):
     status, _, body = srv.json("GET", "/health")
-    assert status == 200 and body == {"status": "ok"}
+    assert status == 200 and body["status"] == "ok", body
+    assert [m["family"] for m in body["models"]] == ["llamagen"], body
     status, _, body = srv.json("GET", "/v1/models")
     assert status == 200 and body["object"] == "list"
     m = body["data"][0]
@@ -564,6 +606,330 @@ def test_sigterm_drains():
     srv.stop(signal_again=False)   # exit code 0 after the first SIGTERM
 
 
+# --------------------------------------------------------------------------- both families
+
+
+MG_NAME = "Tessera test fixture maskgen_tiny"
+AR_NAME = "Tessera test fixture llamagen_tiny"
+
+
+def test_mixed_models_listed(both):
+    status, _, body = both.json("GET", "/health")
+    assert status == 200 and body["status"] == "ok"
+    assert body["models"] == [{"id": AR_NAME, "family": "llamagen"},
+                              {"id": MG_NAME, "family": "maskgen"}], body
+    status, _, body = both.json("GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in body["data"]] == [AR_NAME, MG_NAME], body
+    ar, mg = body["data"]
+    assert ar["family"] == "llamagen" and ar["num_classes"] == 10 and ar["tokens"] == TINY_TOKENS
+    assert mg["family"] == "maskgen" and mg["image_size"] == MG_PX, mg
+    assert mg["num_tokens"] == MG_TOKENS and mg["steps"] == MG_STEPS, mg
+    assert mg["defaults"] == {"steps": MG_STEPS, "guidance": 12.0, "randomize_temperature": 2.0,
+                              "aesthetic": 6.5}, mg
+    assert mg["max_prompt_bytes"] == 1000
+    status, _, body = both.json("GET", "/v1/classes")
+    assert status == 200 and len(body["classes"]) == 10
+
+
+def test_mixed_masked_png_same_as_cli(both):
+    status, hdrs, png = both.request("POST", "/generate", {"prompt": "a red cube", "seed": 7})
+    assert status == 200 and hdrs["content-type"] == "image/png", (status, png[:200])
+    assert hdrs["x-seed"] == "7" and png_size(png) == (MG_PX, MG_PX)
+    assert png == cli_masked_png("a red cube", 7)[0], "server PNG differs from the CLI's"
+    params = png_parameters(png)
+    assert "prompt=a red cube" in params and "guidance=12" in params and "steps=8" in params, params
+    # Every sampling parameter travels through; several images come back as JSON.
+    body = {"prompt": "a blue sphere", "seed": 11, "n": 3, "guidance": 4.5,
+            "randomize_temperature": 1.25, "aesthetic": 5.0, "steps": 5}
+    status, _, res = both.json("POST", "/generate", body)
+    assert status == 200, res
+    assert res["model"] == MG_NAME and res["prompt"] == "a blue sphere" and "class" not in res
+    want = cli_masked_png("a blue sphere", 11, n=3, guidance=4.5, randomize_temperature=1.25,
+                          aesthetic=5.0, steps=5)
+    assert [im["seed"] for im in res["images"]] == [11, 12, 13]
+    got = [base64.b64decode(im["png"]) for im in res["images"]]
+    assert got == want, "batched masked images differ from the CLI's"
+    # Image 2 alone from its own seed: the same pixels (its text says image 0).
+    alone = both.request("POST", "/generate", {"prompt": "a blue sphere", "seed": 13,
+                                               "guidance": 4.5, "randomize_temperature": 1.25,
+                                               "aesthetic": 5.0, "steps": 5})[2]
+    assert alone == cli_masked_png("a blue sphere", 13, guidance=4.5, randomize_temperature=1.25,
+                                   aesthetic=5.0, steps=5)[0]
+    # The empty (null) prompt and non-ASCII UTF-8 work, byte for byte with the CLI.
+    status, _, png = both.request("POST", "/generate", {"prompt": "", "seed": 1})
+    assert status == 200 and png == cli_masked_png("", 1)[0]
+    text = "caf\u00e9 au lait \u2615, \u00fcber"
+    status, _, png = both.request("POST", "/generate", {"prompt": text, "seed": 2})
+    assert status == 200 and png == cli_masked_png(text, 2)[0]
+    assert "prompt=" + text in png_parameters(png)
+    # "model" picks a family: a prompt for the LlamaGen model is a class name there.
+    status, _, res = both.json("POST", "/generate", {"model": AR_NAME, "prompt": "goldfish",
+                                                     "seed": 5}, {"Accept": "application/json"})
+    assert status == 200 and res["class"] == 1 and res["model"] == AR_NAME, res
+    assert base64.b64decode(res["images"][0]["png"]) == cli_png(TINY, 1, 5)[0]
+    status, _, png = both.request("POST", "/generate", {"model": MG_NAME, "prompt": "goldfish",
+                                                        "seed": 5})
+    assert status == 200 and png == cli_masked_png("goldfish", 5)[0]
+    # Classes still go to the LlamaGen model.
+    status, _, png = both.request("POST", "/generate", {"class": 3, "seed": 7})
+    assert status == 200 and png == cli_png(TINY, 3, 7)[0]
+
+
+def test_mixed_openai_and_jobs(both):
+    status, _, body = both.json("POST", "/v1/images/generations",
+                                {"prompt": "a red cube", "n": 2, "size": "32x32", "seed": 7,
+                                 "model": "dall-e-3"})
+    assert status == 200, body
+    want = cli_masked_png("a red cube", 7, n=2)
+    assert [base64.b64decode(d["b64_json"]) for d in body["data"]] == want
+    status, _, body = both.json("POST", "/v1/images/generations",
+                                {"prompt": "tench", "size": "16x16", "seed": 3, "model": AR_NAME})
+    assert status == 200 and base64.b64decode(body["data"][0]["b64_json"]) == cli_png(TINY, 0, 3)[0]
+    c, r = open_stream(both.port, "/v1/images/generations",
+                       {"prompt": "a red cube", "stream": True, "partial_images": 1, "seed": 7})
+    events = [(e, json.loads(d)) for e, d in sse_events(r) if e != ":"]
+    c.close()
+    assert [e for e, _ in events] == ["image_generation.partial_image",
+                                      "image_generation.completed"], events
+    assert base64.b64decode(events[-1][1]["b64_json"]) == want[0]
+    status, _, body = both.json("POST", "/v1/jobs", {"prompt": "a red cube", "seed": 7, "n": 2})
+    assert status == 202, body
+    end = time.time() + 60
+    while True:
+        job = both.json("GET", "/v1/jobs/" + body["id"])[2]
+        if job["state"] == "completed":
+            break
+        assert job["state"] in ("queued", "running") and time.time() < end, job
+        time.sleep(0.05)
+    assert job["progress"] == {"step": MG_STEPS, "total": MG_STEPS}, job
+    assert job["result"]["prompt"] == "a red cube"
+    assert [base64.b64decode(im["png"]) for im in job["result"]["images"]] == want
+
+
+def test_mixed_masked_sse_previews(both):
+    c, r = open_stream(both.port, "/generate", {"prompt": "a green tree", "seed": 4, "n": 2,
+                                                "stream": True})
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    events = list(sse_events(r))
+    c.close()
+    names = [e for e, _ in events if e != ":"]
+    assert names[0] in ("queued", "started") and names[-1] == "done", names
+    progress = [json.loads(d) for e, d in events if e == "progress"]
+    assert [p["step"] for p in progress] == list(range(1, MG_STEPS + 1)), progress
+    assert all(p["total"] == MG_STEPS for p in progress)
+    previews = [json.loads(d) for e, d in events if e == "preview"]
+    # --masked-preview-every 2 on 8 steps: steps 2, 4, 6 (the final image is the last word).
+    assert sorted((p["step"], p["image"]) for p in previews) == \
+        [(s, i) for s in (2, 4, 6) for i in (0, 1)], previews
+    for p in previews:
+        assert p["total"] == MG_STEPS
+        assert png_size(base64.b64decode(p["png"])) == (MG_PX, MG_PX)
+    assert names.index("started") < names.index("preview") < names.index("done")
+    done = json.loads(events[-1][1])
+    assert [base64.b64decode(im["png"]) for im in done["images"]] == \
+        cli_masked_png("a green tree", 4, n=2)
+
+
+def test_mixed_errors(both):
+    big = "\u2615" * 334   # 1002 bytes of UTF-8, 334 characters
+    cases = [
+        (both.json("POST", "/generate", {}), 422, "invalid_field", "prompt"),
+        (both.json("POST", "/generate", {"prompt": None}), 422, "invalid_field", "prompt"),
+        (both.json("POST", "/generate", {"model": MG_NAME}), 422, "invalid_field", "prompt"),
+        (both.json("POST", "/generate", {"prompt": 5}), 422, "invalid_field", "prompt"),
+        (both.json("POST", "/generate", {"prompt": big}), 422, "invalid_field", "1000 bytes"),
+        (both.json("POST", "/generate", {"prompt": "x", "steps": 0}), 422, "invalid_field", "steps"),
+        (both.json("POST", "/generate", {"prompt": "x", "steps": MG_TOKENS + 1}), 422,
+         "invalid_field", "steps"),
+        (both.json("POST", "/generate", {"prompt": "x", "steps": 2.5}), 422, "invalid_field", "steps"),
+        (both.json("POST", "/generate", {"prompt": "x", "guidance": "high"}), 422, "invalid_field",
+         "guidance"),
+        (both.json("POST", "/generate", {"prompt": "x", "randomize_temperature": -1}), 422,
+         "invalid_field", "randomize_temperature"),
+        (both.json("POST", "/generate", {"prompt": "x", "n": 99}), 422, "invalid_field", "n"),
+        (both.json("POST", "/generate", {"prompt": "x", "top_k": 5}), 422, "invalid_field", "top_k"),
+        (both.json("POST", "/generate", {"prompt": "x", "cfg": 2}), 422, "invalid_field", "cfg"),
+        (both.json("POST", "/generate", {"class": 1, "guidance": 3}), 422, "invalid_field",
+         "guidance"),
+        (both.json("POST", "/generate", {"class": 1, "steps": 3}), 422, "invalid_field", "steps"),
+        (both.json("POST", "/generate", {"model": MG_NAME, "class": 1}), 422, "invalid_field",
+         "class"),
+        (both.json("POST", "/generate", {"model": AR_NAME, "prompt": "a cat"}), 422,
+         "invalid_field", "class name"),
+        (both.json("POST", "/generate", {"model": "no such model", "prompt": "x"}), 404,
+         "not_found", "no such model"),
+        (both.json("POST", "/generate", {"model": 3, "prompt": "x"}), 422, "invalid_field", "model"),
+        (both.json("POST", "/v1/jobs", {"prompt": "x", "stream": True}), 422, "invalid_field",
+         "stream"),
+        (both.json("POST", "/v1/images/generations", {"prompt": "x", "size": "16x16"}), 422,
+         "invalid_field", "32x32"),
+    ]
+    for i, (res, status, code, needle) in enumerate(cases):
+        got = error_of(res)
+        assert got[0] == status and got[1] == code, (i, got)
+        assert needle.lower() in got[2].lower(), (i, got)
+    # The other-family messages name the model the field does not belong to.
+    msg = error_of(both.json("POST", "/generate", {"prompt": "x", "top_p": 0.5}))[2]
+    assert "MaskGen" in msg and MG_NAME in msg, msg
+    # 1000 bytes exactly is allowed.
+    status, _, png = both.request("POST", "/generate", {"prompt": "\u2615" * 333 + "a", "seed": 1,
+                                                        "steps": 1})
+    assert status == 200, png[:300]
+
+
+def test_mixed_interleave_step_by_step():
+    """A masked and an autoregressive request admitted together are stepped together:
+    each engine step advances both (one AR forward, one masked step)."""
+    srv = Server(TINY, "--model", MASKGEN, "--max-batch", "2", "--threads", "2",
+                 env={"TESSERA_TEST_STEP_DELAY_MS": "40"})
+    try:
+        before = srv.metrics()
+        # A blocker fills the batch, so that the two requests queue and start together.
+        status, _, blocker = srv.json("POST", "/v1/jobs", {"class": 1, "n": 2, "seed": 1})
+        assert status == 202
+        end = time.time() + 30
+        while srv.metrics()["tessera_running_groups"] < 1:
+            assert time.time() < end
+            time.sleep(0.005)
+        seen = {"ar": [], "mg": []}
+        done = {}
+
+        def client(key, body):
+            c, r = open_stream(srv.port, "/generate", body)
+            for e, d in sse_events(r):
+                if e == "progress":
+                    seen[key].append((time.monotonic(), json.loads(d)["step"]))
+                elif e == "done":
+                    done[key] = json.loads(d)
+            c.close()
+
+        threads = [threading.Thread(target=client, args=("ar", {"class": 2, "seed": 5,
+                                                                 "stream": True})),
+                   threading.Thread(target=client, args=("mg", {"prompt": "a cat", "seed": 6,
+                                                                 "stream": True}))]
+        for t in threads:
+            t.start()
+            time.sleep(0.01)
+        for t in threads:
+            t.join()
+        after = srv.metrics()
+        assert [s for _, s in seen["ar"]] == list(range(1, TINY_TOKENS + 1)), seen["ar"]
+        assert [s for _, s in seen["mg"]] == list(range(1, MG_STEPS + 1)), seen["mg"]
+        # Step k of each arrives no later than step k + 2 of the other: they alternate,
+        # one step at a time, rather than one running after the other.
+        ar_t = {s: t for t, s in seen["ar"]}
+        for t, k in seen["mg"]:
+            assert t < ar_t[k + 2], ("masked step %d came after AR step %d" % (k, k + 2), seen)
+            if k > 2:
+                assert ar_t[k - 2] < t, ("AR step %d came after masked step %d" % (k - 2, k), seen)
+        d = {k: after[k] - before[k] for k in ("tessera_forward_passes_total",
+                                                "tessera_masked_forward_passes_total",
+                                                "tessera_step_seconds_count")}
+        assert d["tessera_masked_forward_passes_total"] == MG_STEPS, d
+        assert d["tessera_forward_passes_total"] == 2 * TINY_TOKENS, d
+        # Blocker, then both side by side: 2 * 16 steps (+ a few), not 2 * 16 + 8.
+        assert d["tessera_step_seconds_count"] < 2 * TINY_TOKENS + MG_STEPS - 2, d
+        assert after["tessera_masked_images_stepped_total"] - \
+            before["tessera_masked_images_stepped_total"] == MG_STEPS
+        assert after["tessera_prompts_encoded_total"] - before["tessera_prompts_encoded_total"] == 1
+        assert [base64.b64decode(im["png"]) for im in done["ar"]["images"]] == cli_png(TINY, 2, 5)
+        assert [base64.b64decode(im["png"]) for im in done["mg"]["images"]] == \
+            cli_masked_png("a cat", 6)
+        assert srv.json("GET", "/v1/jobs/" + blocker["id"])[2]["state"] == "completed"
+    finally:
+        srv.stop()
+
+
+def test_mixed_masked_cancel_and_drain():
+    srv = Server(MASKGEN, "--model", TINY, "--max-batch", "4",
+                 env={"TESSERA_TEST_STEP_DELAY_MS": "40"})
+    try:
+        # A masked stream dropped after its first progress event is cancelled.
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        body = json.dumps({"prompt": "a dog", "n": 2, "steps": MG_TOKENS,
+                           "stream": True}).encode()
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        seen = b""
+        while b"event: progress" not in seen:
+            chunk = s.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        s.close()
+        wait_metric(srv, "tessera_running_groups", 0)
+        m = srv.metrics()
+        assert m["tessera_requests_cancelled_total"] == 1
+        assert m["tessera_masked_forward_passes_total"] < MG_TOKENS
+        # DELETE of a running masked job.
+        status, _, body = srv.json("POST", "/v1/jobs", {"prompt": "a dog", "n": 2,
+                                                         "steps": MG_TOKENS})
+        jid = body["id"]
+        end = time.time() + 30
+        while srv.json("GET", "/v1/jobs/" + jid)[2]["state"] == "queued":
+            assert time.time() < end
+            time.sleep(0.01)
+        assert srv.json("DELETE", "/v1/jobs/" + jid)[0] == 200
+        while srv.json("GET", "/v1/jobs/" + jid)[2]["state"] != "cancelled":
+            assert time.time() < end
+            time.sleep(0.02)
+        wait_metric(srv, "tessera_running_groups", 0)
+        wait_metric(srv, "tessera_kv_blocks_used", 1)
+        # SIGTERM drains queued and running requests of both kinds.
+        results = {}
+
+        def client(key, body):
+            results[key] = srv.request("POST", "/generate", body)
+
+        threads = [threading.Thread(target=client, args=(k, b)) for k, b in
+                   (("mg", {"prompt": "a dog", "seed": 3}), ("ar", {"class": 4, "seed": 3}),
+                    ("mg2", {"prompt": "a dog", "seed": 4, "n": 3}))]
+        for t in threads:
+            t.start()
+        end = time.time() + 30
+        while srv.metrics()["tessera_running_groups"] < 2:
+            assert time.time() < end
+            time.sleep(0.01)
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        assert results["mg"][2] == cli_masked_png("a dog", 3)[0]
+        assert results["ar"][2] == cli_png(TINY, 4, 3)[0]
+        assert results["mg2"][0] == 200, results["mg2"][:2]
+        srv.stop(signal_again=False)
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+
+
+def test_masked_only_server():
+    srv = Server(MASKGEN)
+    try:
+        status, _, body = srv.json("GET", "/health")
+        assert status == 200 and body["models"] == [{"id": MG_NAME, "family": "maskgen"}]
+        status, _, body = srv.json("GET", "/v1/models")
+        assert [m["family"] for m in body["data"]] == ["maskgen"]
+        assert srv.json("GET", "/v1/classes")[2] == {"classes": []}
+        status, _, png = srv.request("POST", "/generate", {"prompt": "a red cube", "seed": 7})
+        assert status == 200 and png == cli_masked_png("a red cube", 7)[0]
+        assert error_of(srv.json("POST", "/generate", {"class": 1}))[:2] == (422, "invalid_field")
+        msg = error_of(srv.json("POST", "/generate", {}))[2]
+        assert msg.startswith("prompt"), msg
+        m = srv.metrics()
+        assert m["tessera_kv_blocks_total"] == 0 and m["tessera_forward_passes_total"] == 0
+        assert m["tessera_masked_forward_passes_total"] == MG_STEPS
+    finally:
+        srv.stop()
+
+
+def test_two_models_of_one_family_refused():
+    srv = Server(TINY, "--model", TINY, wait=False)
+    code = srv.proc.wait(timeout=30)
+    assert code != 0 and "at most one model of each family" in srv.output(), srv.output()
+    srv = Server(TINY, "--model", MASKGEN, "--model", TINY, wait=False)
+    code = srv.proc.wait(timeout=30)
+    assert code == 2 and "at most 2 --model" in srv.output(), srv.output()
+
+
 def make_slow_model():
     """256 tokens per image (16x16 grid), still small: ~1 s per image on two cores."""
     tmp = os.path.join(WORK, "ckpt")
@@ -588,6 +954,7 @@ def main():
     make_slow_model()
     shared = Server(TINY, "--preview-every", "4")
     slow = Server(SLOW, "--max-batch", "4")
+    both = Server(TINY, "--model", MASKGEN, "--preview-every", "4", "--masked-preview-every", "2")
     only = os.environ.get("TEST_ONLY", "")    # run the tests whose names contain it
     tests = [(k, v) for k, v in globals().items() if k.startswith("test_") and only in k]
     failed = 0
@@ -596,7 +963,7 @@ def main():
             args = fn.__code__.co_varnames[:fn.__code__.co_argcount]
             t0 = time.time()
             try:
-                fn(*[{"srv": shared, "slow": slow}[a] for a in args])
+                fn(*[{"srv": shared, "slow": slow, "both": both}[a] for a in args])
                 print("ok   %s (%.1f s)" % (name, time.time() - t0))
             except Exception as e:  # report every failure, then fail the run
                 failed += 1
@@ -605,8 +972,9 @@ def main():
                 print("FAIL %s: %s" % (name, e))
         shared.stop()
         slow.stop()
+        both.stop()
     finally:
-        for s in (shared, slow):
+        for s in (shared, slow, both):
             if s.proc.poll() is None:
                 s.proc.kill()
         if not failed:
