@@ -49,7 +49,7 @@ static void usage(FILE *f)
         "  --preview-every N    streamed LlamaGen requests get a preview every N tokens\n"
         "                       (default 32; 0 = none)\n"
         "  --masked-preview-every N  streamed MaskGen requests get a preview every N\n"
-        "                       steps (default 4; 0 = none)\n"
+        "                       steps (default 1: after each step; 0 = none)\n"
         "  --threads N          CPU backend threads (default: all cores)\n"
         "  --device D           cpu, cuda, cuda-fp32 or auto (default auto: the GPU when this build has\n"
         "                       CUDA and one is usable; cuda without a GPU falls back to\n"
@@ -231,7 +231,7 @@ static void notify(void *ctx)
 int cmd_serve(int argc, char **argv)
 {
     serve_options o = {.host = "127.0.0.1", .port = 8080, .max_batch = 16, .queue_limit = 64,
-                       .preview_every = 32, .masked_preview_every = 4, .device = "auto",
+                       .preview_every = 32, .masked_preview_every = 1, .device = "auto",
                        .job_ttl = 600, .sse_ping = 15, .max_connections = 1024};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
            O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW };
