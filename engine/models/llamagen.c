@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../config.h"
+#include "weights.h"
 
 int llamagen_config_parse(const json_t *gpt, int image_size, int downsample,
                           llamagen_config *cfg, ts_error *err)
@@ -76,25 +77,17 @@ float *llamagen_rope_table(const llamagen_config *c)
     return t;
 }
 
-/* Fetches one weight tensor with its exact shape; vectors become float buffers. */
+/* The two shapes this model reads, through the shared loader (weights.h). */
 static int load_mat(llamagen_model *m, ts_st_file *f, const char *name, int64_t rows,
                     int64_t cols, ts_wt *w, ts_error *err)
 {
-    const ts_st_tensor *t;
-    int64_t shape[2] = {rows, cols};
-    int rc = ts_st_get(f, name, TS_ST_FLOATS, 2, shape, &t, err);
-    if (rc) return rc;
-    return ts_be_weight_init(m->be, w, t->data, t->dtype, rows, cols, err);
+    return ts_w_mat((ts_wsrc){m->be, f}, name, 2, TS_SHAPE(rows, cols), rows, cols, w, err);
 }
 
 static int load_vec(llamagen_model *m, ts_st_file *f, const char *name, int64_t n,
                     float **out, ts_error *err)
 {
-    const ts_st_tensor *t;
-    int rc = ts_st_get(f, name, TS_ST_FLOATS, 1, &n, &t, err);
-    if (rc) return rc;
-    *out = ts_be_vec_from(m->be, t->data, t->dtype, (size_t)n);
-    return *out ? TS_OK : ts_fail(err, TS_ERR_NOMEM, "out of memory loading %s", name);
+    return ts_w_vec((ts_wsrc){m->be, f}, name, 1, TS_SHAPE(n), out, err);
 }
 
 int llamagen_load(ts_backend *be, const llamagen_config *cfg, ts_st_file *f,
