@@ -391,7 +391,7 @@ def convert_llamagen(args):
     config = {
         "tessera_format": 1,
         "family": "llamagen",
-        "name": "LlamaGen %s c2i %dpx" % (size or "custom", args.image_size),
+        "name": args.name or "LlamaGen %s c2i %dpx" % (size or "custom", args.image_size),
         "image_size": args.image_size,
         "gpt": dict({"file": "gpt.safetensors"}, **gpt_cfg),
     }
@@ -1026,6 +1026,7 @@ def main(argv=None):
     p.add_argument("--n-head", type=int, help="head count for non-standard sizes")
     p.add_argument("--downsample", type=int, default=16,
                    help="VQ downsample factor, used only without --vq")
+    p.add_argument("--name", help="display name (default from the size)")
 
     m = sub.add_parser("maskgen", help="MaskGen-VQ text-to-image: generator + TA-TiTok VQ "
                                        "tokenizer + CLIP text tower")
