@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/classes.h"
 #include "api/png_encode.h"
 #include "cli.h"
 #include "api/numparse.h"
@@ -21,6 +22,7 @@
 
 typedef struct gen_opts {
     const char *model, *out, *tokens_out, *device;
+    const char *class_arg;  /* --class as given: ids and/or names, resolved after loading */
     int32_t classes[MAX_IMAGES];
     int n_classes, n_per_class, threads, quiet;
     ts_gen_params p;
@@ -39,7 +41,8 @@ static void usage(FILE *f)
         "folder, from a text prompt with a MaskGen folder.\n"
         "\n"
         "  --model DIR          model folder holding config.json (required)\n"
-        "  --class N[,N...]     ImageNet class id(s), 0..num_classes-1 (LlamaGen)\n"
+        "  --class C[,C...]     class id(s) 0..num_classes-1, or names from the model's\n"
+        "                       classes.txt (\"red apple\", \"golden retriever\") (LlamaGen)\n"
         "  --prompt TEXT        the text to draw (MaskGen)\n"
         "  --n IMAGES           images per class (default 1); image i of the run uses\n"
         "                       seed S + i, so it can be regenerated alone with that seed\n"
@@ -67,21 +70,49 @@ static void usage(FILE *f)
         "  --help               this text\n");
 }
 
-static int parse_classes(const char *s, gen_opts *o)
+/* Counts the comma-separated entries of --class; their meaning needs the model's class
+ * table, so resolve_classes() reads them after loading. */
+static int count_classes(const char *s, gen_opts *o)
 {
-    char *copy = strdup(s), *save = NULL;
-    if (!copy) return -1;
-    o->n_classes = 0;
+    o->class_arg = s;
+    o->n_classes = 1;
+    for (const char *p = s; *p; p++) o->n_classes += *p == ',';
+    return o->n_classes <= MAX_IMAGES ? 0 : -1;
+}
+
+/* Each entry is a class id or a name (or synonym) from DIR/classes.txt. */
+static int resolve_classes(gen_opts *o, int num_classes, ts_error *err)
+{
+    char path[4096];
+    ts_class_table table = {0};
+    snprintf(path, sizeof path, "%s/classes.txt", o->model);
+    if (ts_classes_load(path, num_classes, &table, err)) return -1;
+    char *copy = strdup(o->class_arg), *save = NULL;
+    int n = 0, status = 0;
+    if (!copy) {
+        ts_classes_free(&table);
+        return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    }
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         long v;
-        if (o->n_classes >= MAX_IMAGES || ts_parse_long(tok, 0, 1 << 24, &v)) {
-            free(copy);
-            return -1;
+        if (!ts_parse_long(tok, 0, 1 << 24, &v)) {   /* an id: the engine checks its range */
+            o->classes[n++] = (int32_t)v;
+            continue;
         }
-        o->classes[o->n_classes++] = (int32_t)v;
+        int id = ts_classes_lookup(&table, num_classes, tok);
+        if (id < 0) {
+            status = ts_fail(err, TS_ERR_INVALID,
+                             "--class '%s': not a class id below %d nor a name in %s", tok,
+                             num_classes, path);
+            break;
+        }
+        o->classes[n++] = id;
     }
+    if (!status && n == 0) status = ts_fail(err, TS_ERR_INVALID, "--class names no class");
+    o->n_classes = n;
     free(copy);
-    return o->n_classes > 0 ? 0 : -1;
+    ts_classes_free(&table);
+    return status;
 }
 
 static int parse_args(int argc, char **argv, gen_opts *o)
@@ -118,7 +149,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         const char *bad = NULL;
         switch (c) {
         case O_MODEL: o->model = optarg; break;
-        case O_CLASS: if (parse_classes(optarg, o)) bad = "--class"; break;
+        case O_CLASS: if (count_classes(optarg, o)) bad = "--class"; break;
         case O_N: if (ts_parse_long(optarg, 1, MAX_IMAGES, &v)) bad = "--n"; else o->n_per_class = (int)v; break;
         case O_SEED: {
             char *end;
@@ -324,6 +355,7 @@ int cmd_generate(int argc, char **argv)
         ts_fail(&err, TS_ERR_INVALID, "%s has no VQ decoder: only --tokens-out is possible", o.model);
         goto fail;
     }
+    if (resolve_classes(&o, m->gpt->cfg.num_classes, &err)) goto fail;
     int n = o.n_classes * o.n_per_class, L = m->gpt->cfg.block_size;
     classes = malloc((size_t)n * sizeof *classes);
     tokens = malloc((size_t)n * L * sizeof *tokens);
