@@ -6,6 +6,8 @@
     convert.py maskgen --generator DIR_OR_FILE --tokenizer DIR_OR_FILE --clip FILE
                --clip-vocab FILE --out DIR [--dtype f32|bf16|f16]
                [--clip-act quick_gelu|gelu] [--generator-config F] [--tokenizer-config F]
+    convert.py fqgan --tokenizer fqgan_dual_ds16.pt [--gpt FAR.pt] --image-size 256 --out DIR
+               [--dtype f32|bf16|f16] [--far-model FAR-B|FAR-L] [--n-head N]
 
 llamagen writes DIR/config.json, DIR/gpt.safetensors and DIR/vq.safetensors. Every
 hyper-parameter is read off the tensor shapes (upstream's checkpoints carry no config), and
@@ -18,9 +20,15 @@ clip_text.safetensors, clip_bpe.txt, generator.safetensors and tokenizer.safeten
 reads the sizes off the shapes too, and cross-checks them with upstream's nested
 config.json (or yaml) when there is one; KL/VAE and legacy tokenizers are refused.
 
+fqgan (FQGAN's factorized tokenizer, dual or triple, + the FAR generator; CC-BY-NC-4.0,
+research use only) writes DIR/config.json, vq.safetensors and, with --gpt, gpt.safetensors
+and classes.txt. Sizes, the sub-token count and the downsample factor come off the shapes;
+the tokenizer's encoder, quant_convs, representation heads and usage buffers are dropped.
+
 The layout helpers (gpt_shapes, vq_decoder_shapes, vq_encoder_shapes, GPT_SIZES,
-clip_text_shapes, maskgen_shapes, tatitok_decoder_shapes, tatitok_encoder_shapes) are also
-used by the random-checkpoint writers and the reference implementations.
+clip_text_shapes, maskgen_shapes, tatitok_decoder_shapes, tatitok_encoder_shapes,
+fqgan_vq_shapes, far_shapes, FAR_SIZES) are also used by the random-checkpoint writers and
+the reference implementations.
 """
 import argparse
 import gc
@@ -74,15 +82,19 @@ def gpt_shapes(g):
         "output.weight": [g["vocab_size"], d],
     }
     for i in range(g["n_layer"]):
-        p = "layers.%d." % i
-        shapes[p + "attention.wqkv.weight"] = [3 * d, d]
-        shapes[p + "attention.wo.weight"] = [d, d]
-        shapes[p + "feed_forward.w1.weight"] = [f, d]
-        shapes[p + "feed_forward.w3.weight"] = [f, d]
-        shapes[p + "feed_forward.w2.weight"] = [d, f]
-        shapes[p + "attention_norm.weight"] = [d]
-        shapes[p + "ffn_norm.weight"] = [d]
+        _gpt_block(shapes, "layers.%d." % i, d, f)
     return shapes
+
+
+def _gpt_block(shapes, p, d, f):
+    """One LlamaGen TransformerBlock (also FAR's trunk and AR-head blocks)."""
+    shapes[p + "attention.wqkv.weight"] = [3 * d, d]
+    shapes[p + "attention.wo.weight"] = [d, d]
+    shapes[p + "feed_forward.w1.weight"] = [f, d]
+    shapes[p + "feed_forward.w3.weight"] = [f, d]
+    shapes[p + "feed_forward.w2.weight"] = [d, f]
+    shapes[p + "attention_norm.weight"] = [d]
+    shapes[p + "ffn_norm.weight"] = [d]
 
 
 def _conv(shapes, name, cin, cout, k):
@@ -123,9 +135,15 @@ def vq_decoder_shapes(v):
     level ch_mult[-1] and the only one with attention; each level has num_res_blocks + 1
     res blocks and all but the last end with an upsample.
     """
-    ch, mult, nrb, z = v["ch"], v["ch_mult"], v["num_res_blocks"], v["z_channels"]
     s = {"quantize.embedding.weight": [v["codebook_size"], v["codebook_embed_dim"]]}
-    _conv(s, "post_quant_conv", v["codebook_embed_dim"], z, 1)
+    _conv(s, "post_quant_conv", v["codebook_embed_dim"], v["z_channels"], 1)
+    _pixel_decoder(s, v)
+    return s
+
+
+def _pixel_decoder(s, v):
+    """decoder.* of LlamaGen's VQ (FQGAN's tokenizers use it unchanged)."""
+    ch, mult, nrb, z = v["ch"], v["ch_mult"], v["num_res_blocks"], v["z_channels"]
     c = ch * mult[-1]
     _conv(s, "decoder.conv_in", z, c, 3)
     _mid(s, "decoder.", c)
@@ -142,7 +160,6 @@ def vq_decoder_shapes(v):
             _conv(s, p + "upsample.conv", c, c, 3)
     _norm(s, "decoder.norm_out", c)
     _conv(s, "decoder.conv_out", c, 3, 3)
-    return s
 
 
 def vq_encoder_shapes(v):
@@ -298,26 +315,30 @@ def infer_vq_config(sd):
     That is the form of every upstream config, and any other gives the same shapes.
     """
     codebook_size, embed_dim = _need(sd, "quantize.embedding.weight", "VQ")
-    z_channels = _need(sd, "decoder.conv_in.weight", "VQ")[1]
+    cfg = {"codebook_size": codebook_size, "codebook_embed_dim": embed_dim}
+    cfg.update(_infer_pixel_decoder(sd, "VQ"))
+    cfg["codebook_l2_norm"] = True
+    check_keys(sd, vq_decoder_shapes(cfg), "VQ")
+    return cfg
+
+
+def _infer_pixel_decoder(sd, what):
+    """z_channels, ch, ch_mult, num_res_blocks of the decoder.* tensors (LlamaGen's VQ
+    decoder); what names the checkpoint in errors."""
+    z_channels = _need(sd, "decoder.conv_in.weight", what)[1]
     levels = _indices(sd, r"decoder\.conv_blocks\.(\d+)\.")
     if not levels:
-        raise ConvertError("VQ checkpoint: no decoder.conv_blocks.N.* keys")
-    widths = [_need(sd, "decoder.conv_blocks.%d.res.0.conv1.weight" % l, "VQ")[0]
+        raise ConvertError("%s checkpoint: no decoder.conv_blocks.N.* keys" % what)
+    widths = [_need(sd, "decoder.conv_blocks.%d.res.0.conv1.weight" % l, what)[0]
               for l in range(levels[-1] + 1)]
     ch = widths[-1]
     if any(w % ch for w in widths):
-        raise ConvertError("VQ checkpoint: decoder widths %s are not multiples of %d"
-                           % (widths, ch))
+        raise ConvertError("%s checkpoint: decoder widths %s are not multiples of %d"
+                           % (what, widths, ch))
     ch_mult = [w // ch for w in reversed(widths)]
     res = _indices(sd, r"decoder\.conv_blocks\.0\.res\.(\d+)\.")
-    cfg = {
-        "codebook_size": codebook_size, "codebook_embed_dim": embed_dim,
-        "z_channels": z_channels, "ch": ch, "ch_mult": ch_mult,
-        "num_res_blocks": res[-1],  # the encoder's count; the decoder has one more
-        "codebook_l2_norm": True,
-    }
-    check_keys(sd, vq_decoder_shapes(cfg), "VQ")
-    return cfg
+    return {"z_channels": z_channels, "ch": ch, "ch_mult": ch_mult,
+            "num_res_blocks": res[-1]}  # the encoder's count; the decoder has one more
 
 
 def drop_unused_gpt(sd):
@@ -1009,6 +1030,229 @@ def convert_maskgen(args):
     print("wrote %s: %s, %s weights, CLIP %s" % (args.out, name, args.dtype, args.clip_act))
 
 
+# ---------------------------------------------------------------------------------------
+# FQGAN: factorized VQ tokenizer (k = 2 "dual" or 3 "triple" sub-codebooks in front of
+# LlamaGen's VQ decoder) + FAR, the factorized autoregressive generator (a LlamaGen GPT
+# trunk over aggregated sub-token embeddings and a small per-position AR head).
+#
+# Layout source: showlab/FQGAN (tokenizer/vq_model_{dual,triple}.py,
+# autoregressive/models/far_{dual,triple}.py). Code and weights are CC-BY-NC-4.0.
+
+# The sub-codebooks in sub-token order, which is also the order of their 8-channel slices
+# in post_quant_conv's input: sub-token 1 is the visual-detail code.
+FQGAN_CODEBOOKS = {
+    2: ("quantize_vis", "quantize_sem"),
+    3: ("quantize_vis", "quantize_sem_mid", "quantize_sem_high"),
+}
+FQGAN_VARIANTS = {2: "Dual", 3: "Triple"}
+# Training-only parts of the tokenizer checkpoints: the encoder (CNN trunk, factorized
+# adapters, per-branch output convs), the per-branch quant_convs, the representation
+# heads matched to CLIP/DINO features, and the codebook-usage statistics.
+FQGAN_VQ_DROPPED_PREFIXES = (
+    "encoder.", "quant_conv_vis.", "quant_conv_sem.", "quant_conv_sem_mid.",
+    "quant_conv_sem_high.", "feat_pred_head.", "mid_sem_feat_pred.", "high_sem_feat_pred.")
+FQGAN_VQ_DROPPED_SUFFIXES = (".codebook_used",)
+# Upstream's FAR sizes: name -> (n_layer, n_head, dim, head_layers). FAR-B is LlamaGen's
+# GPT-L trunk with a 3-layer head, FAR-L GPT-XL's with a 4-layer head.
+FAR_SIZES = {"FAR-B": (24, 16, 1024, 3), "FAR-L": (36, 20, 1280, 4)}
+# freqs_cis is not a FAR parameter, but an exported file may carry it; KV caches end up in
+# a state dict saved after sampling (setup_caches registers them as buffers).
+FAR_DROPPED = ("freqs_cis",)
+FAR_DROPPED_PATTERN = re.compile(r"(layers|ar_head)\.\d+\.attention\.kv_cache\.[kv]_cache$")
+
+
+def fqgan_vq_shapes(v):
+    """FQGAN tokenizer tensors the server uses, for the vq section (dict with n_sub):
+    n_sub codebooks, post_quant_conv over their concatenation, LlamaGen's decoder."""
+    k, e = v["n_sub"], v["codebook_embed_dim"]
+    s = {name + ".embedding.weight": [v["codebook_size"], e] for name in FQGAN_CODEBOOKS[k]}
+    _conv(s, "post_quant_conv", k * e, v["z_channels"], 1)
+    _pixel_decoder(s, v)
+    return s
+
+
+def far_shapes(g):
+    """FAR c2i tensors for the gpt section (dict with n_sub and head_layers)."""
+    d, f, k, vocab = g["dim"], g["ffn_dim"], g["n_sub"], g["vocab_size"]
+    s = {"cls_embedding.embedding_table.weight": [g["num_classes"] + 1, d],
+         "norm.weight": [d]}
+    for j in range(1, k + 1):
+        s["tok_embeddings_%d.weight" % j] = [vocab, d]
+        s["output_%d.weight" % j] = [vocab, d]
+    _linear(s, "aggregation_layer", k * d, d)
+    for i in range(g["n_layer"]):
+        _gpt_block(s, "layers.%d." % i, d, f)
+    for i in range(g["head_layers"]):
+        _gpt_block(s, "ar_head.%d." % i, d, f)
+    return s
+
+
+def drop_unused_fqgan_vq(sd):
+    return {k: v for k, v in sd.items() if not k.startswith(FQGAN_VQ_DROPPED_PREFIXES)
+            and not k.endswith(FQGAN_VQ_DROPPED_SUFFIXES)}
+
+
+def drop_unused_far(sd):
+    return {k: v for k, v in sd.items()
+            if k not in FAR_DROPPED and not FAR_DROPPED_PATTERN.match(k)}
+
+
+def infer_fqgan_vq_config(sd):
+    """Reads k and the decoder sizes off a tokenizer state dict (after
+    drop_unused_fqgan_vq); every kept tensor's shape is checked."""
+    what = "tokenizer"
+    if "quantize.embedding.weight" in sd:
+        raise ConvertError("tokenizer checkpoint has quantize.embedding.weight: that is a "
+                           "LlamaGen VQ (use convert.py llamagen), not an FQGAN tokenizer")
+    if "quantize_sem_mid.embedding.weight" in sd or "quantize_sem_high.embedding.weight" in sd:
+        k = 3
+    elif "quantize_sem.embedding.weight" in sd:
+        k = 2
+    else:
+        raise ConvertError("tokenizer checkpoint: missing keys: quantize_sem.embedding.weight "
+                           "(dual) or quantize_sem_mid/_high.embedding.weight (triple)")
+    books = [_need(sd, name + ".embedding.weight", what) for name in FQGAN_CODEBOOKS[k]]
+    codebook_size, embed_dim = books[0]
+    cfg = {"codebook_size": codebook_size, "codebook_embed_dim": embed_dim}
+    cfg.update(_infer_pixel_decoder(sd, what))
+    cfg["codebook_l2_norm"] = True
+    cfg["n_sub"] = k
+    check_keys(sd, fqgan_vq_shapes(cfg), what)
+    return cfg
+
+
+def infer_far_config(sd, block_size, far_model=None, n_head=None):
+    """Reads the FAR hyper-parameters off the shapes (sd after drop_unused_far).
+
+    Returns (gpt config dict, size name or None)."""
+    what = "FAR"
+    if any(k.startswith("cls_embedding.cap_proj") or k == "cls_embedding.uncond_embedding"
+           for k in sd):
+        raise ConvertError("FAR checkpoint: t2i not supported yet "
+                           "(found cls_embedding.cap_proj / uncond_embedding)")
+    if "tok_embeddings.weight" in sd:
+        raise ConvertError("FAR checkpoint has tok_embeddings.weight: that is a LlamaGen GPT "
+                           "(use convert.py llamagen), not FAR")
+    tables = _indices(sd, r"tok_embeddings_(\d+)\.weight$")
+    k = len(tables)
+    if tables != list(range(1, k + 1)) or k not in FQGAN_CODEBOOKS:
+        raise ConvertError("FAR checkpoint: tok_embeddings_N tables %s; expected 1..2 (dual) "
+                           "or 1..3 (triple)" % tables)
+    vocab, dim = _need(sd, "tok_embeddings_1.weight", what)
+    rows, _ = _need(sd, "cls_embedding.embedding_table.weight", what)
+    layers = _indices(sd, r"layers\.(\d+)\.")
+    if not layers:
+        raise ConvertError("FAR checkpoint: no layers.N.* keys")
+    head = _indices(sd, r"ar_head\.(\d+)\.")
+    if not head:
+        raise ConvertError("FAR checkpoint: no ar_head.N.* keys (the per-position AR head)")
+    n_layer, head_layers = layers[-1] + 1, head[-1] + 1
+    ffn_dim = _need(sd, "layers.0.feed_forward.w1.weight", what)[0]
+    qkv_rows = _need(sd, "layers.0.attention.wqkv.weight", what)[0]
+    if qkv_rows != 3 * dim:
+        raise ConvertError("FAR checkpoint: layers.0.attention.wqkv.weight has %d rows, "
+                           "expected 3*dim = %d (grouped-query attention is not supported)"
+                           % (qkv_rows, 3 * dim))
+
+    shape = (n_layer, dim, head_layers)
+    size = next((name for name, (nl, _, d, hl) in FAR_SIZES.items()
+                 if (nl, d, hl) == shape), None)
+    if far_model is not None:
+        if far_model not in FAR_SIZES:
+            raise ConvertError("unknown --far-model %s (known: %s)"
+                               % (far_model, ", ".join(FAR_SIZES)))
+        nl, _, d, hl = FAR_SIZES[far_model]
+        if (nl, d, hl) != shape:
+            raise ConvertError("FAR checkpoint has n_layer=%d, dim=%d, head_layers=%d but %s "
+                               "has n_layer=%d, dim=%d, head_layers=%d"
+                               % (shape + (far_model, nl, d, hl)))
+        size = far_model
+    if n_head is not None:
+        if size is not None and n_head != FAR_SIZES[size][1]:
+            raise ConvertError("--n-head %d contradicts %s (n_head=%d)"
+                               % (n_head, size, FAR_SIZES[size][1]))
+    elif size is not None:
+        n_head = FAR_SIZES[size][1]
+    else:
+        raise ConvertError("FAR checkpoint has a non-standard shape (n_layer=%d, dim=%d, "
+                           "head_layers=%d): pass --n-head" % shape)
+    if n_head <= 0 or dim % n_head or (dim // n_head) % 4:
+        raise ConvertError("dim %d / n_head %d must give a head_dim divisible by 4"
+                           % (dim, n_head))
+    if k > block_size + 1:
+        raise ConvertError("FAR head needs %d RoPE rows, the table has %d" % (k, block_size + 1))
+    cfg = {
+        "model_type": "c2i",
+        "dim": dim, "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_head,
+        "ffn_dim": ffn_dim, "vocab_size": vocab, "num_classes": rows - 1,
+        "cls_token_num": 1, "block_size": block_size,
+        "rope_base": ROPE_BASE, "norm_eps": NORM_EPS,
+        "n_sub": k, "head_layers": head_layers,
+    }
+    check_keys(sd, far_shapes(cfg), what)
+    return cfg, size
+
+
+def convert_fqgan(args):
+    dtype = DTYPES[args.dtype]
+    if not args.gpt:
+        for flag, value in (("--far-model", args.far_model), ("--n-head", args.n_head),
+                            ("--classes", args.classes)):
+            if value is not None:
+                raise ConvertError("%s needs --gpt (a tokenizer-only folder has no "
+                                   "generator)" % flag)
+
+    # Everything is checked before anything is written.
+    vq_sd = drop_unused_fqgan_vq(vq_state_dict(_load(args.tokenizer)))
+    vq_cfg = infer_fqgan_vq_config(vq_sd)
+    downsample = downsample_factor(vq_cfg["ch_mult"])
+    if args.image_size <= 0 or args.image_size % downsample:
+        raise ConvertError("--image-size %d is not a multiple of the tokenizer's downsample "
+                           "factor %d" % (args.image_size, downsample))
+    block_size = (args.image_size // downsample) ** 2
+    gpt_sd = gpt_cfg = size = None
+    if args.gpt:
+        gpt_sd = drop_unused_far(gpt_state_dict(_load(args.gpt)))
+        gpt_cfg, size = infer_far_config(gpt_sd, block_size, args.far_model, args.n_head)
+        if gpt_cfg["n_sub"] != vq_cfg["n_sub"]:
+            raise ConvertError("FAR predicts %d sub-tokens per position, the tokenizer has %d "
+                               "codebooks" % (gpt_cfg["n_sub"], vq_cfg["n_sub"]))
+        if gpt_cfg["vocab_size"] != vq_cfg["codebook_size"]:
+            raise ConvertError("FAR vocab_size %d != tokenizer codebook_size %d"
+                               % (gpt_cfg["vocab_size"], vq_cfg["codebook_size"]))
+
+    os.makedirs(args.out, exist_ok=True)
+    variant = FQGAN_VARIANTS[vq_cfg["n_sub"]]
+    meta = {"source": os.path.basename(args.tokenizer), "format": "pt",
+            "license": "CC-BY-NC-4.0"}
+    stfile.save(os.path.join(args.out, "vq.safetensors"), vq_sd, meta, cast=dtype)
+    del vq_sd
+    config = {"tessera_format": 1, "family": "fqgan", "name": None,
+              "image_size": args.image_size}
+    if gpt_cfg:
+        meta = {"source": os.path.basename(args.gpt), "format": "pt",
+                "license": "CC-BY-NC-4.0"}
+        stfile.save(os.path.join(args.out, "gpt.safetensors"), gpt_sd, meta, cast=dtype)
+        del gpt_sd
+        gc.collect()
+        config["gpt"] = dict({"file": "gpt.safetensors"}, **gpt_cfg)
+        default_name = "FQGAN-%s ds%d %s c2i %dpx" % (variant, downsample, size or "FAR custom",
+                                                      args.image_size)
+    else:
+        default_name = "FQGAN-%s ds%d tokenizer %dpx (decode only)" % (variant, downsample,
+                                                                      args.image_size)
+    config["name"] = args.name or default_name
+    config["vq"] = dict({"file": "vq.safetensors"}, **vq_cfg)
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    if gpt_cfg:
+        write_classes(args.classes, gpt_cfg["num_classes"],
+                      os.path.join(args.out, "classes.txt"))
+    print("wrote %s: %s, %s weights (CC-BY-NC-4.0: research use only)"
+          % (args.out, config["name"], args.dtype))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="family", required=True)
@@ -1055,10 +1299,29 @@ def main(argv=None):
                    help="decoder heads for a ViT that is none of upstream's sizes")
     m.add_argument("--clip-n-head", type=int, help="CLIP heads (default: width / 64)")
     m.add_argument("--name", help="display name (default from the sizes)")
+
+    q = sub.add_parser("fqgan", help="FQGAN factorized tokenizer (dual/triple) + FAR c2i "
+                                     "generator (CC-BY-NC-4.0: research use only)")
+    q.add_argument("--tokenizer", required=True,
+                   help="official FQGAN tokenizer checkpoint (.pt, e.g. fqgan_dual_ds16.pt)")
+    q.add_argument("--gpt", help="FAR checkpoint (.pt) in the official layout; without it the "
+                                 "folder only decodes")
+    q.add_argument("--image-size", type=int, required=True)
+    q.add_argument("--out", required=True, help="model folder to write")
+    q.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    q.add_argument("--classes", metavar="FILE",
+                   help="class names, one per line (default for 1000 classes: ImageNet's, "
+                        "from python3-torchvision)")
+    q.add_argument("--far-model", help="expected FAR size (%s); inferred when absent"
+                   % ", ".join(FAR_SIZES))
+    q.add_argument("--n-head", type=int, help="FAR head count for non-standard sizes")
+    q.add_argument("--name", help="display name (default from the sizes)")
     args = ap.parse_args(argv)
     try:
         if args.family == "maskgen":
             convert_maskgen(args)
+        elif args.family == "fqgan":
+            convert_fqgan(args)
         else:
             convert_llamagen(args)
     except ConvertError as e:

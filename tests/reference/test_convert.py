@@ -9,9 +9,12 @@ by tensor; refusals of unknown, missing and t2i keys; size inference. The same f
 (convert.py maskgen on make_random_maskgen.py output): HF folders, bare files with json or
 yaml configs, the tied head under either name, a TorchScript CLIP file, and refusals of
 unknown / missing / wrong-shape tensors, VAE and legacy tokenizers, vocabulary mismatches
-and config contradictions. With the tessera binary, it also generates two LlamaGen images
-with greedy CFG and compares tokens and pixels with llamagen_ref.py. Prints one summary
-line; exits nonzero on any failure.
+and config contradictions. The same for FQGAN (convert.py fqgan on make_random_fqgan.py
+output: dual/triple, ds8/ds16, every checkpoint layout, decode-only folders, dropped training
+keys, refusals, real shapes from zero-stride stubs) plus fqgan_ref.py's self-consistency, an
+independent decode and the committed fqgan fixtures. With the tessera binary, it also
+generates two LlamaGen images with greedy CFG and compares tokens and pixels with
+llamagen_ref.py. Prints one summary line; exits nonzero on any failure.
 """
 import json
 import math
@@ -650,6 +653,385 @@ def test_maskgen_infers_real_l_shapes():
     shutil.rmtree(os.path.join(WORK, "mg_L_conv"), ignore_errors=True)
     return "bf16 folder: %s" % ", ".join("%s %.0f MB" % (f.split(".")[0], n / 1e6)
                                          for f, n in sizes.items())
+
+
+# ---------------------------------------------------------------------------------------
+# FQGAN: convert.py fqgan on make_random_fqgan.py output (tiny sizes; stubs for real shapes).
+
+FQ_TINY_TOK = ["--ch", "32", "--z-channels", "32", "--num-res-blocks", "1",
+               "--codebook-size", "64", "--adapter-layers", "1", "--feat-layers", "1",
+               "--feat-width", "32"]
+FQ_TINY_FAR = ["--dim", "64", "--n-layer", "2", "--n-head", "4", "--head-layers", "2",
+               "--ffn-dim", "128", "--num-classes", "10", "--std", "0.2"]
+# 4x4 positions either way: ds8 at 32 px, ds16 at 64 px.
+FQ_DS = {8: (["--ds", "8", "--ch-mult", "1,1,1,2"], 32),
+         16: (["--ds", "16", "--ch-mult", "1,1,1,1,2"], 64)}
+FQ_KEPT = ("quantize_", "post_quant_conv.", "decoder.")
+
+
+def fqgan_checkpoints(name, variant="dual", ds=8, *flags):
+    """Random official-layout tokenizer.pt + far.pt under WORK/name (made once)."""
+    out = os.path.join(WORK, name)
+    if not os.path.exists(out):
+        ds_flags, size = FQ_DS[ds]
+        run_ok(os.path.join(TOOLS, "make_random_fqgan.py"), "--out", out, "--variant", variant,
+               "--image-size", size, "--seed", "9", *(ds_flags + FQ_TINY_TOK + FQ_TINY_FAR +
+                                                      list(flags)))
+    return out
+
+
+def convert_fqgan(out, tokenizer, far=None, *flags, image_size=32, n_head=True):
+    args = [os.path.join(TOOLS, "convert.py"), "fqgan", "--tokenizer", tokenizer,
+            "--image-size", image_size, "--out", os.path.join(WORK, out)] + list(flags)
+    if far:
+        args += ["--gpt", far] + (["--n-head", "4"] if n_head else [])
+    return run(*args)
+
+
+def fqgan_state_dicts(ck):
+    """(tokenizer, FAR) state dicts as written, whatever the layouts."""
+    tok = torch.load(os.path.join(ck, "tokenizer.pt"))
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(tok.get(key), dict) and key != "discriminator":
+            tok = tok[key]
+            break
+    far = torch.load(os.path.join(ck, "far.pt"))
+    for key in ("model", "module", "state_dict"):
+        if key in far:
+            far = far[key]
+            break
+    return tok, far
+
+
+def check_fqgan_converted(ck, out, k, ds, dtype=torch.float32, with_gpt=True):
+    cfg = load_config(out)
+    size = FQ_DS[ds][1]
+    assert cfg["tessera_format"] == 1 and cfg["family"] == "fqgan", cfg
+    assert cfg["image_size"] == size, cfg["image_size"]
+    mult = [1, 1, 1, 2] if ds == 8 else [1, 1, 1, 1, 2]
+    want = {"file": "vq.safetensors", "codebook_size": 64, "codebook_embed_dim": 8,
+            "z_channels": 32, "ch": 32, "ch_mult": mult, "num_res_blocks": 1,
+            "codebook_l2_norm": True, "n_sub": k}
+    assert cfg["vq"] == want, cfg["vq"]
+    if with_gpt:
+        want = {"file": "gpt.safetensors", "model_type": "c2i", "dim": 64, "n_layer": 2,
+                "n_head": 4, "n_kv_head": 4, "ffn_dim": 128, "vocab_size": 64,
+                "num_classes": 10, "cls_token_num": 1, "block_size": 16, "rope_base": 10000.0,
+                "norm_eps": 1e-5, "n_sub": k, "head_layers": 2}
+        assert cfg["gpt"] == want, cfg["gpt"]
+    else:
+        assert "gpt" not in cfg and not os.path.exists(os.path.join(WORK, out, "classes.txt"))
+
+    tok, far = fqgan_state_dicts(ck)
+    # The official file carries the training-only parts: they must all be gone.
+    heads = ("feat_pred_head.",) if k == 2 else ("mid_sem_feat_pred.", "high_sem_feat_pred.")
+    for prefix in ("encoder.", "quant_conv_vis.") + heads:
+        assert any(n.startswith(prefix) for n in tok), "random checkpoint lacks %s" % prefix
+    assert sum(n.endswith(".codebook_used") for n in tok) == k
+    kept = {n: t for n, t in tok.items()
+            if n.startswith(FQ_KEPT) and not n.endswith("codebook_used")}
+    books = {n for n in kept if n.startswith("quantize_")}
+    assert books == {"%s.embedding.weight" % b for b in
+                     (("quantize_vis", "quantize_sem") if k == 2 else
+                      ("quantize_vis", "quantize_sem_mid", "quantize_sem_high"))}, books
+    files = [("vq.safetensors", kept)] + ([("gpt.safetensors", far)] if with_gpt else [])
+    for fname, src in files:
+        got = stfile.load(os.path.join(WORK, out, fname))
+        assert set(got) == set(src), "%s: key sets differ: %s" % (fname, set(got) ^ set(src))
+        for name, t in src.items():
+            assert got[name].dtype == dtype, "%s %s: dtype %s" % (fname, name, got[name].dtype)
+            assert torch.equal(got[name], t.to(dtype)), "%s %s: values differ" % (fname, name)
+
+
+def test_fqgan_convert_dual_ds8_all_dtypes():
+    ck = fqgan_checkpoints("fq_dual8")
+    for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16),
+                        ("f16", torch.float16)):
+        code, msg = convert_fqgan("fq_dual8_" + name, ck + "/tokenizer.pt", ck + "/far.pt",
+                                  "--dtype", name)
+        assert code == 0, msg
+        check_fqgan_converted(ck, "fq_dual8_" + name, 2, 8, dtype)
+    cfg = load_config("fq_dual8_f32")
+    assert cfg["name"] == "FQGAN-Dual ds8 FAR custom c2i 32px", cfg["name"]
+
+
+def test_fqgan_convert_triple_ds16_layouts():
+    """Triple ds16 with the tokenizer's ema copy (preferred over "model") and a bare FAR;
+    then {"state_dict"} / bare tokenizers and {"module"} / {"state_dict"} FARs."""
+    ck = fqgan_checkpoints("fq_tri16_ema", "triple", 16, "--tok-layout", "ema",
+                           "--far-layout", "bare")
+    code, msg = convert_fqgan("fq_tri16_ema", ck + "/tokenizer.pt", ck + "/far.pt",
+                              image_size=64)
+    assert code == 0, msg
+    check_fqgan_converted(ck, "fq_tri16_ema", 3, 16)
+    raw = torch.load(ck + "/tokenizer.pt")
+    assert not torch.equal(raw["model"]["decoder.conv_out.weight"],
+                           raw["ema"]["decoder.conv_out.weight"])
+    for tok_layout, far_layout in (("state_dict", "module"), ("bare", "state_dict")):
+        name = "fq_tri16_%s_%s" % (tok_layout, far_layout)
+        ck2 = fqgan_checkpoints(name, "triple", 16, "--tok-layout", tok_layout,
+                                "--far-layout", far_layout)
+        code, msg = convert_fqgan(name, ck2 + "/tokenizer.pt", ck2 + "/far.pt", image_size=64)
+        assert code == 0, msg
+        check_fqgan_converted(ck2, name, 3, 16)
+    # The seed is the same, so every layout gives the same folder as the ema one.
+    a = stfile.load(os.path.join(WORK, "fq_tri16_ema", "vq.safetensors"))
+    b = stfile.load(os.path.join(WORK, "fq_tri16_bare_state_dict", "vq.safetensors"))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_fqgan_decode_only_folder():
+    ck = fqgan_checkpoints("fq_dual8")
+    code, msg = convert_fqgan("fq_decode_only", ck + "/tokenizer.pt")
+    assert code == 0, msg
+    check_fqgan_converted(ck, "fq_decode_only", 2, 8, with_gpt=False)
+    assert not os.path.exists(os.path.join(WORK, "fq_decode_only", "gpt.safetensors"))
+    cfg = load_config("fq_decode_only")
+    assert cfg["name"] == "FQGAN-Dual ds8 tokenizer 32px (decode only)", cfg["name"]
+    for flag in (["--far-model", "FAR-B"], ["--n-head", "4"], ["--classes", "x.txt"]):
+        code, msg = convert_fqgan("refused", ck + "/tokenizer.pt", None, *flag)
+        assert code != 0 and "needs --gpt" in msg and flag[0] in msg, msg
+
+
+def fqgan_refused(expect, tok_edit=None, far_edit=None, flags=(), variant="dual", far_ck=None,
+                  image_size=32, n_head=True):
+    """Edits the tiny dual ds8 files, converts, checks the refusal names `expect`."""
+    ck = fqgan_checkpoints("fq_dual8" if variant == "dual" else "fq_tri8", variant, 8)
+    tok_path, far_path = ck + "/tokenizer.pt", far_ck or ck + "/far.pt"
+    if tok_edit:
+        ckpt = torch.load(tok_path)
+        tok_edit(ckpt["model"])
+        tok_path = os.path.join(WORK, "edited_tokenizer.pt")
+        torch.save(ckpt, tok_path)
+    if far_edit:
+        ckpt = torch.load(far_path)
+        far_edit(ckpt["model"])
+        far_path = os.path.join(WORK, "edited_far.pt")
+        torch.save(ckpt, far_path)
+    code, msg = convert_fqgan("refused", tok_path, far_path, *flags, image_size=image_size,
+                              n_head=n_head)
+    assert code != 0, "accepted a bad checkpoint (expected refusal naming %r)" % expect
+    assert expect in msg, "message does not name %r:\n%s" % (expect, msg)
+
+
+def test_fqgan_refuses_unknown_keys():
+    fqgan_refused("decoder.conv_blocks.0.extra.weight", tok_edit=lambda sd: sd.__setitem__(
+        "decoder.conv_blocks.0.extra.weight", torch.zeros(3)))
+    fqgan_refused("quant_conv.weight", tok_edit=lambda sd: sd.__setitem__(
+        "quant_conv.weight", torch.zeros(8, 32, 1, 1)))
+    fqgan_refused("ar_head.0.attention.bogus.weight", far_edit=lambda sd: sd.__setitem__(
+        "ar_head.0.attention.bogus.weight", torch.zeros(4)))
+    fqgan_refused("output.weight", far_edit=lambda sd: sd.__setitem__(
+        "output.weight", torch.zeros(64, 64)))
+
+
+def test_fqgan_refuses_missing_keys():
+    fqgan_refused("decoder.mid.1.q.bias", tok_edit=lambda sd: sd.pop("decoder.mid.1.q.bias"))
+    fqgan_refused("quantize_sem.embedding.weight",
+                  tok_edit=lambda sd: sd.pop("quantize_sem.embedding.weight"))
+    fqgan_refused("quantize_sem_high.embedding.weight", variant="triple",
+                  tok_edit=lambda sd: sd.pop("quantize_sem_high.embedding.weight"))
+    fqgan_refused("aggregation_layer.bias", far_edit=lambda sd: sd.pop("aggregation_layer.bias"))
+    fqgan_refused("ar_head.1.ffn_norm.weight",
+                  far_edit=lambda sd: sd.pop("ar_head.1.ffn_norm.weight"))
+    fqgan_refused("output_2.weight", far_edit=lambda sd: sd.pop("output_2.weight"))
+
+    def no_head(sd):
+        for name in [n for n in sd if n.startswith("ar_head.")]:
+            sd.pop(name)
+    fqgan_refused("ar_head", far_edit=no_head)
+
+
+def test_fqgan_refuses_wrong_shapes():
+    fqgan_refused("post_quant_conv.weight", tok_edit=lambda sd: sd.__setitem__(
+        "post_quant_conv.weight", torch.zeros(32, 24, 1, 1)))
+    fqgan_refused("quantize_sem.embedding.weight", tok_edit=lambda sd: sd.__setitem__(
+        "quantize_sem.embedding.weight", torch.zeros(32, 8)))
+    fqgan_refused("aggregation_layer.weight", far_edit=lambda sd: sd.__setitem__(
+        "aggregation_layer.weight", torch.zeros(64, 64)))
+    fqgan_refused("ar_head.0.feed_forward.w2.weight", far_edit=lambda sd: sd.__setitem__(
+        "ar_head.0.feed_forward.w2.weight", torch.zeros(64, 100)))
+
+
+def test_fqgan_refuses_mismatches():
+    """Other architectures, k or vocabulary disagreements, sizes and flags."""
+    fqgan_refused("LlamaGen VQ", tok_edit=lambda sd: sd.__setitem__(
+        "quantize.embedding.weight", torch.zeros(64, 8)))
+    fqgan_refused("LlamaGen GPT", far_edit=lambda sd: sd.__setitem__(
+        "tok_embeddings.weight", torch.zeros(64, 64)))
+    tri = fqgan_checkpoints("fq_tri8", "triple", 8)
+    fqgan_refused("sub-tokens", far_ck=tri + "/far.pt")                 # triple FAR, dual VQ
+
+    def bigger_vocab(sd):
+        for j in (1, 2):
+            sd["tok_embeddings_%d.weight" % j] = torch.zeros(128, 64)
+            sd["output_%d.weight" % j] = torch.zeros(128, 64)
+    fqgan_refused("codebook_size", far_edit=bigger_vocab)
+    fqgan_refused("multiple", image_size=36)
+    fqgan_refused("--n-head", n_head=False)
+    fqgan_refused("FAR-B", flags=["--far-model", "FAR-B"])
+    fqgan_refused("unknown --far-model", flags=["--far-model", "FAR-XL"])
+    fqgan_refused("t2i", far_edit=lambda sd: sd.__setitem__(
+        "cls_embedding.cap_proj.fc1.weight", torch.zeros(64, 2048)))
+
+
+def _stub_far(k, size):
+    nl, nh, d, hl = ref.convert.FAR_SIZES[size]
+    g = {"dim": d, "n_layer": nl, "head_layers": hl, "vocab_size": 16384, "num_classes": 1000,
+         "ffn_dim": -(-int(8 * d / 3) // 256) * 256, "n_sub": k}
+    return {n: torch.zeros(1).expand(s) for n, s in ref.convert.far_shapes(g).items()}
+
+
+def test_fqgan_real_shapes():
+    """Released sizes without materialising them: zero-stride tensors. The dual ds16
+    tokenizer through the CLI (bf16 folder of ~85 MB), every tokenizer variant and FAR-B/L
+    (dual and triple) through the inference functions, and --far-model / --n-head
+    contradictions through the CLI on a stub FAR-B."""
+    import make_random_fqgan
+    ck = os.path.join(WORK, "fq_real")
+    run_ok(os.path.join(TOOLS, "make_random_fqgan.py"), "--out", ck, "--stub",
+           "--far-model", "FAR-B")
+    code, msg = convert_fqgan("fq_real_tok", ck + "/tokenizer.pt", None, "--dtype", "bf16",
+                              image_size=256)
+    assert code == 0, msg
+    v = load_config("fq_real_tok")["vq"]
+    got = (v["codebook_size"], v["codebook_embed_dim"], v["z_channels"], v["ch"], v["ch_mult"],
+           v["num_res_blocks"], v["n_sub"])
+    assert got == (16384, 8, 256, 128, [1, 1, 2, 2, 4], 2, 2), v
+    nbytes = os.path.getsize(os.path.join(WORK, "fq_real_tok", "vq.safetensors"))
+    shutil.rmtree(os.path.join(WORK, "fq_real_tok"), ignore_errors=True)
+    for flags, expect in ((["--far-model", "FAR-L"], "FAR-L"), (["--n-head", "8"], "--n-head 8")):
+        code, msg = convert_fqgan("refused", ck + "/tokenizer.pt", ck + "/far.pt", *flags,
+                                  image_size=256, n_head=False)
+        assert code != 0 and expect in msg, msg
+
+    for k in (2, 3):
+        for ds, mult in ((16, [1, 1, 2, 2, 4]), (8, [1, 2, 2, 4])):
+            vcfg = {"codebook_size": 16384, "codebook_embed_dim": 8, "z_channels": 256,
+                    "ch": 128, "ch_mult": mult, "num_res_blocks": 2, "n_sub": k}
+            shapes = dict(ref.convert.fqgan_vq_shapes(vcfg))
+            shapes.update(make_random_fqgan.fqgan_training_shapes(vcfg, k, 256 // ds))
+            sd = {n: torch.zeros(1).expand(s) for n, s in shapes.items()}
+            got = ref.convert.infer_fqgan_vq_config(ref.convert.drop_unused_fqgan_vq(sd))
+            assert got == dict(vcfg, codebook_l2_norm=True), got
+        for size, (nl, nh, d, hl) in ref.convert.FAR_SIZES.items():
+            cfg, name = ref.convert.infer_far_config(_stub_far(k, size), 256)
+            assert name == size and (cfg["n_layer"], cfg["n_head"], cfg["dim"],
+                                     cfg["head_layers"], cfg["n_sub"]) == (nl, nh, d, hl, k), cfg
+            assert cfg["ffn_dim"] == {"FAR-B": 2816, "FAR-L": 3584}[size], cfg
+            other = "FAR-L" if size == "FAR-B" else "FAR-B"
+            try:
+                ref.convert.infer_far_config(_stub_far(k, size), 256, far_model=other)
+                raise AssertionError("%s accepted as %s" % (size, other))
+            except ref.convert.ConvertError as e:
+                assert other in str(e), e
+    return "dual ds16 bf16 vq.safetensors %.0f MB" % (nbytes / 1e6)
+
+
+def test_fqgan_reference_self_consistency():
+    """fqgan_ref: teacher-forced logits (one causal pass) equal the logits of step-by-step
+    generation, cached and KV-free, with and without CFG, dual and triple; both generation
+    paths draw the same tokens from the same generator."""
+    import fqgan_ref
+    for variant, ds, k in (("dual", 8, 2), ("triple", 16, 3)):
+        ck = fqgan_checkpoints("fq_%s%d" % (variant[:3] if k == 3 else "dual", ds), variant, ds)
+        out = "fq_ref_%s" % variant
+        assert convert_fqgan(out, ck + "/tokenizer.pt", ck + "/far.pt",
+                             image_size=FQ_DS[ds][1])[0] == 0
+        far, _, _ = fqgan_ref.load_model_dir(os.path.join(WORK, out))
+        labels = torch.tensor([3, 8])
+        for scale in (1.0, 3.0):
+            traces = {}
+            for cache in (True, False):
+                trace = []
+                toks = far.generate(labels, cfg_scale=scale, top_k=1, trace=trace,
+                                    use_cache=cache)
+                traces[cache] = (toks, torch.stack(trace, 1).reshape(2, 16, k, -1))
+            assert torch.equal(traces[True][0], traces[False][0]), "cache changes tokens"
+            toks, gen_logits = traces[False]
+            tf = far.teacher_forced_logits(labels, toks)
+            if scale > 1.0:
+                null = far.teacher_forced_logits(torch.full_like(labels, far.null_class), toks)
+                tf = null + (tf - null) * scale
+            for got in (gen_logits, traces[True][1]):
+                err = ((got - tf).abs().max() / tf.abs().max()).item()
+                assert err < 1e-5, "%s cfg %g: generation vs teacher forcing %.2e" % (
+                    variant, scale, err)
+            assert torch.equal(toks, tf.argmax(-1)), "greedy tokens are not the argmax"
+        a = far.generate(labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(5))
+        b = far.generate(labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(5),
+                         use_cache=False)
+        assert torch.equal(a, b), "sampled tokens differ between the cached and KV-free paths"
+
+
+def test_fqgan_reference_decode_independent():
+    """fqgan_ref's decode equals LlamaGen's single-codebook decoder fed one combined
+    codebook: row i is the concatenation of the k l2-normalised rows that position i
+    looks up (sub-token 1 first), and post_quant_conv is scaled by sqrt(k) because the
+    LlamaGen lookup normalises the combined row again."""
+    import fqgan_ref
+    for variant, ds, k in (("dual", 8, 2), ("triple", 16, 3)):
+        ck = fqgan_checkpoints("fq_%s%d" % (variant[:3] if k == 3 else "dual", ds), variant, ds)
+        out = "fq_ref_%s" % variant
+        if not os.path.exists(os.path.join(WORK, out)):
+            assert convert_fqgan(out, ck + "/tokenizer.pt", ck + "/far.pt",
+                                 image_size=FQ_DS[ds][1])[0] == 0
+        _, vq, cfg = fqgan_ref.load_model_dir(os.path.join(WORK, out))
+        w = stfile.load(os.path.join(WORK, out, "vq.safetensors"))
+        codes = torch.randint(0, 64, (3, 16, k))
+        names = ["quantize_vis", "quantize_sem"] if k == 2 else \
+            ["quantize_vis", "quantize_sem_mid", "quantize_sem_high"]
+        rows = torch.cat([torch.nn.functional.normalize(w[n + ".embedding.weight"], dim=-1)
+                          [codes[..., j].reshape(-1)] for j, n in enumerate(names)], dim=-1)
+        single = {n: t for n, t in w.items() if n.startswith(("decoder.", "post_quant_conv."))}
+        single["quantize.embedding.weight"] = rows                       # [3 * 16, 8k]
+        single["post_quant_conv.weight"] = w["post_quant_conv.weight"] * math.sqrt(k)
+        vcfg = dict(cfg["vq"], codebook_size=rows.shape[0], codebook_embed_dim=8 * k)
+        for key in ("n_sub", "file"):
+            vcfg.pop(key)
+        plain = ref.VqDecoderRef(vcfg, single)
+        want = plain.decode(torch.arange(rows.shape[0]).reshape(3, 16))
+        got = vq.decode(codes)
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err < 1e-5, "%s: decode differs from the single-codebook form (%.2e)" % (
+            variant, err)
+        assert err < ((vq.decode(codes.flip(-1)) - want).abs().max() / want.abs().max()) / 100
+
+
+def test_fqgan_reference_from_official():
+    """fqgan_ref built from the converted folder and from the official state dicts agree."""
+    import fqgan_ref
+    ck = fqgan_checkpoints("fq_dual8")
+    if not os.path.exists(os.path.join(WORK, "fq_dual8_f32")):
+        assert convert_fqgan("fq_dual8_f32", ck + "/tokenizer.pt", ck + "/far.pt")[0] == 0
+    far, vq, _ = fqgan_ref.load_model_dir(os.path.join(WORK, "fq_dual8_f32"))
+    tok, far_sd = fqgan_state_dicts(ck)
+    o_far = fqgan_ref.FarRef.from_official(far_sd, 16, n_head=4)
+    o_vq = fqgan_ref.FqVqDecoderRef.from_official(tok)
+    labels, subs = torch.tensor([1, 9]), torch.randint(0, 64, (2, 16, 2))
+    assert torch.equal(far.teacher_forced_logits(labels, subs),
+                       o_far.teacher_forced_logits(labels, subs))
+    assert torch.equal(vq.decode(subs), o_vq.decode(subs))
+
+
+def test_fqgan_fixtures_match_reference():
+    """The committed fqgan fixtures are what make_fqgan_fixtures.py computes from them."""
+    import make_fqgan_fixtures as mff
+    notes = []
+    for name in mff.FIXTURES:
+        path = os.path.join(ROOT, "tests", "fixtures", name)
+        want, meta = stfile.load(os.path.join(path, "expected.safetensors"), with_metadata=True)
+        got, gap = mff.expected_tensors(path, int(meta["seed"]))
+        assert set(got) == set(want), set(got) ^ set(want)
+        for key, t in want.items():
+            if t.is_floating_point():
+                err = ((got[key] - t).abs().max() / t.abs().max().clamp(min=1e-6)).item()
+                assert err < 1e-5, "%s %s: %.2e" % (name, key, err)
+            else:
+                assert torch.equal(got[key].int(), t), "%s %s differs" % (name, key)
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        notes.append("%s %.0f KB, gap %.2g" % (name, size / 1024, gap))
+    return "; ".join(notes)
 
 
 # ---------------------------------------------------------------------------------------
