@@ -2,10 +2,13 @@
  * exactly as upstream's generate(): one prefill step on the class (and null class)
  * embedding, then block_size - 1 single-token decode steps; with cfg_scale > 1 every
  * image is a [cond, uncond] pair sampled from combined logits, both rows fed the
- * same token.
+ * same token. FQGAN's FAR the same way (upstream's generate_fq), with k sub-tokens per
+ * position: one trunk step, then k head sub-steps, each sub-token sampled from its own
+ * CFG-combined logits (far.h).
  *
  * This is the whole-batch driver the CLI uses; the server's scheduler runs the same
- * per-step logic (ts_gen_sample_row) with requests joining and leaving between steps.
+ * per-step logic (ts_gen_sample_row, ts_gen_sample_row_sub) with requests joining and
+ * leaving between steps.
  */
 #ifndef TS_GENERATE_H
 #define TS_GENERATE_H
@@ -36,9 +39,26 @@ int ts_gen_cfg_active(const ts_gen_params *p, int t);
 ts_sample_row ts_gen_sample_row(const ts_gen_params *p, const float *cond, const float *uncond,
                                 uint64_t image_seed, int t);
 
-/* Generates n images of classes[i] into tokens[n][block_size] (raster order). Image i
- * uses seed p->seed + i, so it does not depend on n or on the other images. */
+/* The draw of sub-token `sub` (0-based) of image position t of an FQGAN image: as
+ * ts_gen_sample_row (guidance when uncond is non-NULL and ts_gen_cfg_active(p, t)), with
+ * the uniform ts_rng_uniform_at(image_seed, 0, t, TS_RNG_SUB_TOKEN, sub). */
+ts_sample_row ts_gen_sample_row_sub(const ts_gen_params *p, const float *cond,
+                                    const float *uncond, uint64_t image_seed, int t, int sub);
+
+/* Generates n images of classes[i] into tokens[n][block_size][n_sub] (raster order of
+ * positions; n_sub = ts_model_n_sub(m), 1 for LlamaGen): LlamaGen's GPT, or FQGAN's
+ * FAR (ts_generate_far). Image i uses seed p->seed + i, so it does not depend on n or on
+ * the other images. */
 int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes, int n,
+                    int32_t *tokens, ts_gen_progress_fn progress, void *progress_ctx,
+                    ts_error *err);
+
+/* FQGAN: n images into tokens[n][block_size][n_sub], sub-token 0 (upstream's 1, the
+ * visual code) first. Per position one trunk step over every sequence, then n_sub head
+ * sub-steps, each sampling sub-token j of every image (CFG per sub-token: u + (c - u) s;
+ * the cond row's pick is fed to both rows of a pair). p->cfg_interval works as for
+ * LlamaGen, by position (upstream FAR has none: -1). Progress is by position. */
+int ts_generate_far(ts_model *m, const ts_gen_params *p, const int32_t *classes, int n,
                     int32_t *tokens, ts_gen_progress_fn progress, void *progress_ctx,
                     ts_error *err);
 

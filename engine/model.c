@@ -35,6 +35,42 @@ int ts_model_open_weights(const char *dir, const json_t *section, const char *sn
     return rc;
 }
 
+/* FQGAN: a factorized VQ decoder (required) and a FAR generator (optional: without
+ * it the folder only decodes). */
+static int load_fqgan(ts_model *m, const char *dir, const json_t *gpt_sec, const json_t *vq_sec,
+                      ts_error *err)
+{
+    if (!json_is_object(vq_sec))
+        return ts_fail(err, TS_ERR_CONFIG, "config: missing object \"vq\" (an fqgan folder "
+                       "always has its tokenizer)");
+    if (gpt_sec && !json_is_object(gpt_sec))
+        return ts_fail(err, TS_ERR_CONFIG, "config: \"gpt\" must be an object");
+    vq_config vcfg;
+    int rc = vq_config_parse_factorized(vq_sec, &vcfg, err);
+    if (rc) return rc;
+    if (m->image_size % vcfg.downsample)
+        return ts_fail(err, TS_ERR_CONFIG, "config: image_size %d is not a multiple of the "
+                       "tokenizer's downsample factor %d", m->image_size, vcfg.downsample);
+    if (gpt_sec) {
+        far_config fcfg;
+        if ((rc = far_config_parse(gpt_sec, m->image_size, vcfg.downsample, &fcfg, err)))
+            return rc;
+        if (fcfg.n_sub != vcfg.n_sub)
+            return ts_fail(err, TS_ERR_CONFIG, "config: gpt.n_sub %d differs from vq.n_sub %d",
+                           fcfg.n_sub, vcfg.n_sub);
+        if (fcfg.trunk.vocab_size != vcfg.codebook_size)
+            return ts_fail(err, TS_ERR_CONFIG, "config: vq.codebook_size %d differs from "
+                           "gpt.vocab_size %d", vcfg.codebook_size, fcfg.trunk.vocab_size);
+        if ((rc = ts_model_open_weights(dir, gpt_sec, "gpt", &m->gpt_file, err)) ||
+            (rc = far_load(m->be, &fcfg, m->gpt_file, &m->far, err)))
+            return rc;
+    }
+    if ((rc = ts_model_open_weights(dir, vq_sec, "vq", &m->vq_file, err)) ||
+        (rc = vq_decoder_load(m->be, &vcfg, m->vq_file, &m->vq, err)))
+        return rc;
+    return TS_OK;
+}
+
 int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err)
 {
     *out = NULL;
@@ -81,9 +117,16 @@ int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err
         *out = m;
         return TS_OK;
     }
+    if (strcmp(family, "fqgan") == 0) {
+        m->family = TS_FAMILY_FQGAN;
+        if ((rc = load_fqgan(m, dir, gpt_sec, vq_sec, err))) goto fail;
+        json_decref(root);
+        *out = m;
+        return TS_OK;
+    }
     if (strcmp(family, "llamagen") != 0) {
         rc = ts_fail(err, TS_ERR_UNSUPPORTED, "config: family \"%s\" is not supported "
-                     "(llamagen or maskgen)", family);
+                     "(llamagen, maskgen or fqgan)", family);
         goto fail;
     }
     m->family = TS_FAMILY_LLAMAGEN;
@@ -126,10 +169,23 @@ void ts_model_free(ts_model *m)
     if (!m) return;
     ts_masked_model_free(m->masked);
     llamagen_free(m->gpt);
+    far_free(m->far);
     vq_decoder_free(m->vq);
     ts_st_close(m->gpt_file);
     ts_st_close(m->vq_file);
     free(m->dir);
     free(m->name);
     free(m);
+}
+
+const llamagen_config *ts_model_c2i_config(const ts_model *m)
+{
+    if (m->family == TS_FAMILY_LLAMAGEN && m->gpt) return &m->gpt->cfg;
+    if (m->family == TS_FAMILY_FQGAN && m->far) return &m->far->cfg.trunk;
+    return NULL;
+}
+
+int ts_model_n_sub(const ts_model *m)
+{
+    return m->family == TS_FAMILY_FQGAN && m->vq ? m->vq->cfg.n_sub : 1;
 }

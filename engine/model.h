@@ -12,12 +12,15 @@
 
 #include "backend.h"
 #include "masked_model.h"
+#include "models/far.h"
 #include "models/llamagen.h"
 #include "models/vq_decoder.h"
 
 typedef enum ts_family {
     TS_FAMILY_LLAMAGEN,   /* class-conditional autoregressive: gpt (+ vq) */
     TS_FAMILY_MASKGEN,    /* text-to-image masked: masked */
+    TS_FAMILY_FQGAN,      /* class-conditional factorized autoregressive: far (optional) + vq
+                           * with n_sub sub-codebooks */
 } ts_family;
 
 typedef struct ts_model {
@@ -27,13 +30,22 @@ typedef struct ts_model {
     int image_size;
     ts_backend *be;
     ts_st_file *gpt_file, *vq_file;
-    llamagen_model *gpt;
-    vq_decoder *vq;          /* NULL for a GPT-only folder: tokens, no images */
+    llamagen_model *gpt;     /* LlamaGen only */
+    far_model *far;          /* FQGAN only; NULL for a decode-only folder */
+    vq_decoder *vq;          /* NULL for a GPT-only LlamaGen folder: tokens, no images */
     ts_masked_model *masked; /* the maskgen family's networks, else NULL */
 } ts_model;
 
 int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err);
 void ts_model_free(ts_model *m);   /* NULL-safe */
+
+/* The class-conditional generator's sizes (classes, positions, grid, vocabulary per
+ * codebook): LlamaGen's GPT or FQGAN's FAR trunk; NULL when the folder has none (MaskGen,
+ * a decode-only FQGAN folder). Borrowed from the model. */
+const llamagen_config *ts_model_c2i_config(const ts_model *m);
+/* Codes per image position: FQGAN's n_sub (2 or 3), else 1. An image's codes are
+ * [block_size][n_sub], position-major (vq_decode's layout). */
+int ts_model_n_sub(const ts_model *m);
 
 /* dir/<section.key>, refusing anything but a plain file name; the caller frees *out. */
 int ts_model_file_path(const char *dir, const json_t *section, const char *sname,

@@ -34,7 +34,13 @@ void ts_philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t ou
 
 double ts_rng_uniform(uint64_t seed, uint32_t image, uint32_t step, uint32_t stream)
 {
-    uint32_t ctr[4] = {image, step, stream, 0};
+    return ts_rng_uniform_at(seed, image, step, stream, 0);
+}
+
+double ts_rng_uniform_at(uint64_t seed, uint32_t image, uint32_t step, uint32_t stream,
+                         uint32_t index)
+{
+    uint32_t ctr[4] = {image, step, stream, index};
     uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     uint32_t r[4];
     ts_philox4x32(ctr, key, r);

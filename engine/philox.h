@@ -17,10 +17,19 @@ enum {
     TS_RNG_TOKEN = 0,        /* autoregressive next-token draw */
     TS_RNG_MASK_TOKEN = 1,   /* masked decoding: Gumbel noise on each logit */
     TS_RNG_MASK_CONF = 2,    /* masked decoding: Gumbel noise on each confidence */
+    TS_RNG_SUB_TOKEN = 3,    /* factorized AR (FQGAN's FAR): the draw of sub-token `index`
+                              * (0-based) of image position `step`; index is the counter's
+                              * fourth word */
 };
 
-/* A uniform double in [0, 1) with 53 random bits for (seed, image, step, stream). */
+/* A uniform double in [0, 1) with 53 random bits for (seed, image, step, stream):
+ * words 0 and 1 (53 bits) of Philox({image, step, stream, 0}, seed). */
 double ts_rng_uniform(uint64_t seed, uint32_t image, uint32_t step, uint32_t stream);
+/* The same with `index` as the counter's fourth word (ts_rng_uniform is index 0): FQGAN's
+ * sub-token draws use (seed, 0, position, TS_RNG_SUB_TOKEN, sub-token), so LlamaGen's
+ * keys (fourth word 0, stream TS_RNG_TOKEN) are unchanged and the two never meet. */
+double ts_rng_uniform_at(uint64_t seed, uint32_t image, uint32_t step, uint32_t stream,
+                         uint32_t index);
 
 /* Standard Gumbel noise -log(-log(u)) in float for element `index` of a stream:
  * u = ((w >> 8) + 0.5) / 2^24 in (0, 1), w = word index % 4 of

@@ -106,6 +106,11 @@ static int load_model(ts_worker *w, int index, ts_error *err)
         snprintf(msg, sizeof msg, "%s", err->msg);
         return ts_fail(err, rc, "%s: %s", dir, msg);
     }
+    if (m->family == TS_FAMILY_FQGAN) {   /* the CLI runs FQGAN; the scheduler not yet */
+        ts_model_free(m);
+        return ts_fail(err, TS_ERR_CONFIG, "%s: FQGAN folders run with `tessera generate`; "
+                       "serving them is not supported yet", dir);
+    }
     ts_model **slot = m->family == TS_FAMILY_MASKGEN ? &w->masked : &w->ar;
     if (*slot) {
         ts_fail(err, TS_ERR_CONFIG, "%s and %s are both %s folders: serve at most one model of "

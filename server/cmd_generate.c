@@ -37,17 +37,19 @@ static void usage(FILE *f)
         "       tessera generate --model DIR --prompt TEXT [options] --out out.png\n"
         "\n"
         "Generates images with a model folder (see docs/model-format.md; tools/convert.py\n"
-        "makes one from the official checkpoints): class-conditional with a LlamaGen\n"
-        "folder, from a text prompt with a MaskGen folder.\n"
+        "makes one from the official checkpoints): class-conditional with a LlamaGen or\n"
+        "FQGAN folder, from a text prompt with a MaskGen folder.\n"
         "\n"
         "  --model DIR          model folder holding config.json (required)\n"
         "  --class C[,C...]     class id(s) 0..num_classes-1, or names from the model's\n"
-        "                       classes.txt (\"red apple\", \"golden retriever\") (LlamaGen)\n"
+        "                       classes.txt (\"red apple\", \"golden retriever\") (LlamaGen,\n"
+        "                       FQGAN)\n"
         "  --prompt TEXT        the text to draw (MaskGen)\n"
         "  --n IMAGES           images per class (default 1); image i of the run uses\n"
         "                       seed S + i, so it can be regenerated alone with that seed\n"
         "  --seed S             random seed, 0..2^64-1 (default 0)\n"
-        "  --cfg SCALE          classifier-free guidance scale; <= 1 turns CFG off (default 4.0)\n"
+        "  --cfg SCALE          classifier-free guidance scale; <= 1 turns CFG off (default 4.0;\n"
+        "                       FQGAN guides each sub-token)\n"
         "  --cfg-interval I     guide only decode steps <= I; -1 = every step (default -1)\n"
         "  --top-k K            keep logits >= the K-th largest; 0 = off (default 2000)\n"
         "  --top-p P            nucleus sampling threshold in (0, 1]; 1 = off (default 1.0)\n"
@@ -61,7 +63,9 @@ static void usage(FILE *f)
         "  --steps S            decoding steps, 1..N tokens (default 16)\n"
         "  --out FILE.png       output image; with several images FILE-0.png, FILE-1.png, ...\n"
         "                       (required unless --tokens-out is given)\n"
-        "  --tokens-out FILE    write each image's tokens in raster order, one image per line\n"
+        "  --tokens-out FILE    write each image's tokens in raster order, one image per line;\n"
+        "                       FQGAN: the k sub-tokens of each position in turn (sub-token 1,\n"
+        "                       the visual code, first): block_size * k numbers per line\n"
         "  --threads N          CPU threads (default: all cores)\n"
         "  --device D           cpu, cuda, cuda-fp32 or auto (default auto: the GPU when this build has\n"
         "                       CUDA and one is usable, else the CPU; cuda without a GPU\n"
@@ -355,10 +359,18 @@ int cmd_generate(int argc, char **argv)
         ts_fail(&err, TS_ERR_INVALID, "%s has no VQ decoder: only --tokens-out is possible", o.model);
         goto fail;
     }
-    if (resolve_classes(&o, m->gpt->cfg.num_classes, &err)) goto fail;
-    int n = o.n_classes * o.n_per_class, L = m->gpt->cfg.block_size;
+    /* LlamaGen's GPT or FQGAN's FAR: k codes per position (1 for LlamaGen). */
+    const llamagen_config *gc = ts_model_c2i_config(m);
+    if (!gc) {
+        ts_fail(&err, TS_ERR_INVALID, "%s has no generator (a decode-only folder): nothing to "
+                "generate", o.model);
+        goto fail;
+    }
+    int k = ts_model_n_sub(m);
+    if (resolve_classes(&o, gc->num_classes, &err)) goto fail;
+    int n = o.n_classes * o.n_per_class, L = gc->block_size;
     classes = malloc((size_t)n * sizeof *classes);
-    tokens = malloc((size_t)n * L * sizeof *tokens);
+    tokens = malloc((size_t)n * L * k * sizeof *tokens);
     if (!classes || !tokens) {
         ts_fail(&err, TS_ERR_NOMEM, "out of memory");
         goto fail;
@@ -368,13 +380,13 @@ int cmd_generate(int argc, char **argv)
     progress pr = {now_s(), n, !o.quiet && isatty(2)};
     if (ts_generate_c2i(m, &o.p, classes, n, tokens, on_step, &pr, &err)) goto fail;
     double t_gen = now_s() - pr.t0;
-    if (o.tokens_out && write_tokens(o.tokens_out, tokens, n, L)) {
+    if (o.tokens_out && write_tokens(o.tokens_out, tokens, n, L * k)) {
         ts_fail(&err, TS_ERR_IO, "%s: cannot write tokens", o.tokens_out);
         goto fail;
     }
     double t_dec = 0.0;
     if (o.out) {
-        int side = m->gpt->cfg.grid * m->vq->cfg.downsample;
+        int side = gc->grid * m->vq->cfg.downsample;
         size_t img_bytes = (size_t)side * side * 3;
         rgb = malloc((size_t)n * img_bytes);
         if (!rgb) {
@@ -382,7 +394,7 @@ int cmd_generate(int argc, char **argv)
             goto fail;
         }
         double t0 = now_s();
-        if (vq_decode(m->vq, tokens, n, m->gpt->cfg.grid, rgb, NULL, &err)) goto fail;
+        if (vq_decode(m->vq, tokens, n, gc->grid, rgb, NULL, &err)) goto fail;
         t_dec = now_s() - t0;
         for (int i = 0; i < n; i++) {
             char params[512], path[4096];

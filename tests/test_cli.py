@@ -19,6 +19,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "fixtures", "llamagen_tiny")
 HD100 = os.path.join(ROOT, "tests", "fixtures", "llamagen_hd100")
+FQGAN = os.path.join(ROOT, "tests", "fixtures", "fqgan_tiny")     # dual, 32 px
+FQGAN3 = os.path.join(ROOT, "tests", "fixtures", "fqgan_tiny3")   # triple, 64 px
 FLAGS = ["--model", "--class", "--n", "--seed", "--cfg", "--cfg-interval", "--top-k", "--top-p",
          "--temperature", "--out", "--tokens-out", "--threads", "--device", "--quiet", "--help"]
 
@@ -105,6 +107,70 @@ def test_runtime_errors_name_the_problem():
     json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
     code, _, err = tessera("generate", "--model", bad, "--class", "1", "--out", out, "--quiet")
     assert code == 1 and "layers.0.feed_forward.w1.weight" in err and "expected" in err, err
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        data = f.read(24)
+    return struct.unpack(">II", data[16:24])
+
+
+def st_int32(path, name):
+    """One I32 tensor of a safetensors file, flattened (the stdlib is enough)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        entry = header[name]
+        assert entry["dtype"] == "I32", entry
+        start, end = entry["data_offsets"]
+        f.seek(8 + n + start)
+        raw = f.read(end - start)
+    return list(struct.unpack("<%di" % (len(raw) // 4), raw))
+
+
+def test_fqgan():
+    # PNG and sub-tokens of a FQGAN (FAR + factorized tokenizer) folder, same seed same bytes.
+    out_a, out_b = os.path.join(WORK, "fq_a.png"), os.path.join(WORK, "fq_b.png")
+    tok = os.path.join(WORK, "fq_a.txt")
+    args = ["--model", FQGAN, "--class", "3", "--seed", "11", "--cfg", "2", "--top-k", "50",
+            "--quiet"]
+    code, _, err = tessera("generate", *args, "--out", out_a, "--tokens-out", tok)
+    assert code == 0, err
+    code, _, err = tessera("generate", *args, "--out", out_b)
+    assert code == 0, err
+    assert open(out_a, "rb").read() == open(out_b, "rb").read(), "same seed, different PNG"
+    assert png_size(out_a) == (32, 32), png_size(out_a)
+    params = png_text(out_a).get("parameters", "")
+    for part in ["model=Tessera test fixture fqgan_tiny", "class=3", "seed=11", "cfg=2",
+                 "top_k=50", "top_p=1", "temperature=1", "cfg_interval=-1"]:
+        assert part in params, "PNG parameters lack %s: %s" % (part, params)
+    lines = open(tok).read().splitlines()
+    assert len(lines) == 1 and len(lines[0].split()) == 16 * 2, lines   # 16 positions x 2
+    assert all(0 <= int(t) < 128 for t in lines[0].split())
+    code, _, _ = tessera("generate", *args[:-1], "--seed", "12", "--out", out_b, "--quiet")
+    assert code == 0 and open(out_a, "rb").read() != open(out_b, "rb").read(), "seed ignored"
+    # Greedy with CFG on the triple fixture: the reference's sub-tokens, in the documented
+    # layout (each position's k sub-tokens in turn), one line per image.
+    expected = os.path.join(FQGAN3, "expected.safetensors")
+    classes = st_int32(expected, "greedy.classes")
+    want = st_int32(expected, "greedy.cfg4.tokens")                      # [3, 16, 3]
+    tok3 = os.path.join(WORK, "fq3.txt")
+    code, _, err = tessera("generate", "--model", FQGAN3, "--class", ",".join(map(str, classes)),
+                           "--cfg", "4", "--top-k", "1", "--tokens-out", tok3,
+                           "--out", os.path.join(WORK, "fq3.png"), "--quiet")
+    assert code == 0, err
+    got = [int(t) for line in open(tok3).read().splitlines() for t in line.split()]
+    assert got == want, "greedy sub-tokens differ from the reference"
+    assert png_size(os.path.join(WORK, "fq3-2.png")) == (64, 64)
+    # A folder without its generator decodes only.
+    bare = os.path.join(WORK, "fq_decode_only")
+    shutil.copytree(FQGAN, bare)
+    cfg = json.load(open(os.path.join(bare, "config.json")))
+    del cfg["gpt"]
+    json.dump(cfg, open(os.path.join(bare, "config.json"), "w"))
+    os.remove(os.path.join(bare, "gpt.safetensors"))
+    code, _, err = tessera("generate", "--model", bare, "--class", "1", "--out", out_b, "--quiet")
+    assert code == 1 and "decode-only" in err, err
 
 
 def test_png_tokens_and_reproducibility():

@@ -90,6 +90,60 @@ static int load_vec(llamagen_model *m, ts_st_file *f, const char *name, int64_t 
     return ts_w_vec((ts_wsrc){m->be, f}, name, 1, TS_SHAPE(n), out, err);
 }
 
+int llamagen_layers_load(ts_backend *be, ts_st_file *f, const llamagen_config *c,
+                         const char *prefix, int n, llamagen_layer **out, ts_error *err)
+{
+    ts_wsrc src = {be, f};
+    char name[160];
+    int64_t qkv_rows = (int64_t)(c->n_head + 2 * c->n_kv_head) * c->head_dim;
+    llamagen_layer *layers = calloc((size_t)(n > 0 ? n : 1), sizeof *layers);
+    *out = layers;
+    if (!layers) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    int rc = TS_OK;
+    for (int l = 0; l < n && !rc; l++) {
+        llamagen_layer *L = &layers[l];
+#define NAME(suffix) (snprintf(name, sizeof name, "%s.%d." suffix, prefix, l), name)
+#define MAT(suffix, rows, cols, w) \
+    ts_w_mat(src, NAME(suffix), 2, TS_SHAPE(rows, cols), rows, cols, w, err)
+#define VEC(suffix, w) ts_w_vec(src, NAME(suffix), 1, TS_SHAPE(c->dim), w, err)
+        if ((rc = VEC("attention_norm.weight", &L->attention_norm)) ||
+            (rc = MAT("attention.wqkv.weight", qkv_rows, c->dim, &L->wqkv)) ||
+            (rc = MAT("attention.wo.weight", c->dim, c->dim, &L->wo)) ||
+            (rc = VEC("ffn_norm.weight", &L->ffn_norm)) ||
+            (rc = MAT("feed_forward.w1.weight", c->ffn_dim, c->dim, &L->w1)) ||
+            (rc = MAT("feed_forward.w3.weight", c->ffn_dim, c->dim, &L->w3)) ||
+            (rc = MAT("feed_forward.w2.weight", c->dim, c->ffn_dim, &L->w2)))
+            break;
+#undef VEC
+#undef MAT
+#undef NAME
+    }
+    return rc;
+}
+
+void llamagen_layers_free(ts_backend *be, llamagen_layer *layers, int n)
+{
+    if (!layers) return;
+    for (int l = 0; l < n; l++) {
+        llamagen_layer *L = &layers[l];
+        ts_be_free(be, L->attention_norm);
+        ts_be_free(be, L->ffn_norm);
+        ts_wt *ws[] = {&L->wqkv, &L->wo, &L->w1, &L->w3, &L->w2};
+        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) ts_be_weight_release(be, ws[i]);
+    }
+    free(layers);
+}
+
+float *llamagen_rope_upload(ts_backend *be, const llamagen_config *c)
+{
+    float *host = llamagen_rope_table(c);
+    size_t n = ((size_t)c->cls_token_num + c->block_size) * c->head_dim;
+    float *dev = host ? ts_be_alloc(be, n) : NULL;
+    if (dev) ts_be_upload(be, dev, host, n);
+    free(host);
+    return dev;
+}
+
 int llamagen_load(ts_backend *be, const llamagen_config *cfg, ts_st_file *f,
                   llamagen_model **out, ts_error *err)
 {
@@ -100,39 +154,15 @@ int llamagen_load(ts_backend *be, const llamagen_config *cfg, ts_st_file *f,
     m->be = be;
     const llamagen_config *c = &m->cfg;
     int rc;
-    char name[128];
-    int64_t qkv_rows = (int64_t)(c->n_head + 2 * c->n_kv_head) * c->head_dim;
-    m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
-    if (!m->layers) {
-        rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
     if ((rc = load_mat(m, f, "tok_embeddings.weight", c->vocab_size, c->dim, &m->tok_embeddings, err)) ||
         (rc = load_mat(m, f, "cls_embedding.embedding_table.weight", c->num_classes + 1, c->dim,
-                       &m->cls_embedding, err)))
-        goto fail;
-    for (int l = 0; l < c->n_layer; l++) {
-        llamagen_layer *L = &m->layers[l];
-#define LAYER(suffix) (snprintf(name, sizeof name, "layers.%d." suffix, l), name)
-        if ((rc = load_vec(m, f, LAYER("attention_norm.weight"), c->dim, &L->attention_norm, err)) ||
-            (rc = load_mat(m, f, LAYER("attention.wqkv.weight"), qkv_rows, c->dim, &L->wqkv, err)) ||
-            (rc = load_mat(m, f, LAYER("attention.wo.weight"), c->dim, c->dim, &L->wo, err)) ||
-            (rc = load_vec(m, f, LAYER("ffn_norm.weight"), c->dim, &L->ffn_norm, err)) ||
-            (rc = load_mat(m, f, LAYER("feed_forward.w1.weight"), c->ffn_dim, c->dim, &L->w1, err)) ||
-            (rc = load_mat(m, f, LAYER("feed_forward.w3.weight"), c->ffn_dim, c->dim, &L->w3, err)) ||
-            (rc = load_mat(m, f, LAYER("feed_forward.w2.weight"), c->dim, c->ffn_dim, &L->w2, err)))
-            goto fail;
-#undef LAYER
-    }
-    if ((rc = load_vec(m, f, "norm.weight", c->dim, &m->norm, err)) ||
+                       &m->cls_embedding, err)) ||
+        (rc = llamagen_layers_load(be, f, c, "layers", c->n_layer, &m->layers, err)) ||
+        (rc = load_vec(m, f, "norm.weight", c->dim, &m->norm, err)) ||
         (rc = load_mat(m, f, "output.weight", c->vocab_size, c->dim, &m->output, err)) ||
         (rc = ts_st_check_all_used(f, err)))
         goto fail;
-    float *rope = llamagen_rope_table(c);
-    size_t rope_n = ((size_t)c->cls_token_num + c->block_size) * c->head_dim;
-    m->rope = rope ? ts_be_alloc(be, rope_n) : NULL;
-    if (m->rope) ts_be_upload(be, m->rope, rope, rope_n);
-    free(rope);
+    m->rope = llamagen_rope_upload(be, c);
     if (!m->rope) {
         rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
         goto fail;
@@ -144,14 +174,44 @@ fail:
     return rc;
 }
 
-static void free_scratch(llamagen_model *m)
+void llamagen_acts_free(ts_backend *be, llamagen_acts *a)
 {
-    float **bufs[] = {&m->x, &m->xn, &m->qkv, &m->att, &m->h1, &m->h3, &m->last, &m->logits};
+    float **bufs[] = {&a->x, &a->xn, &a->qkv, &a->att, &a->h1, &a->h3};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) {
-        ts_be_free(m->be, *bufs[i]);
+        ts_be_free(be, *bufs[i]);
         *bufs[i] = NULL;
     }
-    m->cap_tokens = m->cap_seqs = 0;
+    a->cap = 0;
+}
+
+int llamagen_acts_reserve(ts_backend *be, const llamagen_config *c, llamagen_acts *a, int rows,
+                          ts_error *err)
+{
+    if (rows <= a->cap) return TS_OK;
+    llamagen_acts_free(be, a);
+    size_t nt = (size_t)rows;
+    size_t qkv_dim = (size_t)(c->n_head + 2 * c->n_kv_head) * c->head_dim;
+    a->x = ts_be_alloc(be, nt * c->dim);
+    a->xn = ts_be_alloc(be, nt * c->dim);
+    a->qkv = ts_be_alloc(be, nt * qkv_dim);
+    a->att = ts_be_alloc(be, nt * c->dim);
+    a->h1 = ts_be_alloc(be, nt * c->ffn_dim);
+    a->h3 = ts_be_alloc(be, nt * c->ffn_dim);
+    if (!a->x || !a->xn || !a->qkv || !a->att || !a->h1 || !a->h3) {
+        llamagen_acts_free(be, a);
+        return ts_fail(err, TS_ERR_NOMEM, "out of memory for %d tokens of activations", rows);
+    }
+    a->cap = rows;
+    return TS_OK;
+}
+
+static void free_scratch(llamagen_model *m)
+{
+    llamagen_acts_free(m->be, &m->act);
+    ts_be_free(m->be, m->last);
+    ts_be_free(m->be, m->logits);
+    m->last = m->logits = NULL;
+    m->cap_seqs = 0;
 }
 
 void llamagen_free(llamagen_model *m)
@@ -161,16 +221,7 @@ void llamagen_free(llamagen_model *m)
     ts_be_weight_release(m->be, &m->tok_embeddings);
     ts_be_weight_release(m->be, &m->cls_embedding);
     ts_be_weight_release(m->be, &m->output);
-    if (m->layers) {
-        for (int l = 0; l < m->cfg.n_layer; l++) {
-            llamagen_layer *L = &m->layers[l];
-            ts_be_free(m->be, L->attention_norm);
-            ts_be_free(m->be, L->ffn_norm);
-            ts_wt *ws[] = {&L->wqkv, &L->wo, &L->w1, &L->w3, &L->w2};
-            for (size_t i = 0; i < sizeof ws / sizeof *ws; i++) ts_be_weight_release(m->be, ws[i]);
-        }
-    }
-    free(m->layers);
+    llamagen_layers_free(m->be, m->layers, m->cfg.n_layer);
     ts_be_free(m->be, m->norm);
     ts_be_free(m->be, m->rope);
     free(m);
@@ -179,47 +230,112 @@ void llamagen_free(llamagen_model *m)
 /* Grows the activation scratch to hold n_tokens rows and n_seqs sequences. */
 static int reserve(llamagen_model *m, int n_tokens, int n_seqs, ts_error *err)
 {
-    if (n_tokens <= m->cap_tokens && n_seqs <= m->cap_seqs) return TS_OK;
-    int nt = n_tokens > m->cap_tokens ? n_tokens : m->cap_tokens;
+    if (n_tokens <= m->act.cap && n_seqs <= m->cap_seqs) return TS_OK;
+    int nt = n_tokens > m->act.cap ? n_tokens : m->act.cap;
     int ns = n_seqs > m->cap_seqs ? n_seqs : m->cap_seqs;
     free_scratch(m);
     const llamagen_config *c = &m->cfg;
-    size_t qkv_dim = (size_t)(c->n_head + 2 * c->n_kv_head) * c->head_dim;
-    m->x = ts_be_alloc(m->be, (size_t)nt * c->dim);
-    m->xn = ts_be_alloc(m->be, (size_t)nt * c->dim);
-    m->qkv = ts_be_alloc(m->be, (size_t)nt * qkv_dim);
-    m->att = ts_be_alloc(m->be, (size_t)nt * c->dim);
-    m->h1 = ts_be_alloc(m->be, (size_t)nt * c->ffn_dim);
-    m->h3 = ts_be_alloc(m->be, (size_t)nt * c->ffn_dim);
+    int rc = llamagen_acts_reserve(m->be, c, &m->act, nt, err);
+    if (rc) return rc;
     m->last = ts_be_alloc(m->be, (size_t)ns * c->dim);
     m->logits = ts_be_alloc(m->be, (size_t)ns * c->vocab_size);
-    if (!m->x || !m->xn || !m->qkv || !m->att || !m->h1 || !m->h3 || !m->last || !m->logits) {
+    if (!m->last || !m->logits) {
         free_scratch(m);
         return ts_fail(err, TS_ERR_NOMEM, "out of memory for %d tokens of activations", nt);
     }
-    m->cap_tokens = nt;
     m->cap_seqs = ns;
     return TS_OK;
 }
 
-/* Host-side plan of one step: per-row position, cache slot and embedding source. */
-typedef struct step_plan {
-    int32_t *pos, *slot;
-    int32_t *cls_ids, *cls_rows, *tok_ids, *tok_rows;   /* embedding gathers by table */
-    int32_t *last;                                      /* last row of each sequence */
-    ts_attn_seq *att;
-} step_plan;
-
-static void plan_free(step_plan *p)
+void llamagen_plan_free(llamagen_plan *p)
 {
     free(p->pos);
     free(p->slot);
-    free(p->cls_ids);
-    free(p->cls_rows);
-    free(p->tok_ids);
-    free(p->tok_rows);
     free(p->last);
     free(p->att);
+    memset(p, 0, sizeof *p);
+}
+
+int llamagen_plan_make(const llamagen_config *c, const ts_kv_cache *kv, const llamagen_seq *seqs,
+                       int n_seqs, llamagen_plan *p, ts_error *err)
+{
+    memset(p, 0, sizeof *p);
+    int max_pos = c->cls_token_num + c->block_size;
+    if (n_seqs <= 0) return ts_fail(err, TS_ERR_INVALID, "forward: no sequences");
+    if (kv->n_layer != c->n_layer || kv->layers[0].n_kv_head != c->n_kv_head ||
+        kv->layers[0].head_dim != c->head_dim)
+        return ts_fail(err, TS_ERR_INVALID, "forward: KV cache geometry does not match the model");
+    int M = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const llamagen_seq *q = &seqs[s];
+        if (q->n_new <= 0 || q->n_past < 0 || q->n_past + q->n_new > max_pos)
+            return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d positions [%d, %d) outside "
+                           "[0, %d)", s, q->n_past, q->n_past + q->n_new, max_pos);
+        if (M > (1 << 24) - q->n_new)
+            return ts_fail(err, TS_ERR_INVALID, "forward: batch too large");
+        M += q->n_new;
+    }
+    size_t rows_sz = (size_t)M * sizeof(int32_t);
+    p->rows = M;
+    p->pos = malloc(rows_sz);
+    p->slot = malloc(rows_sz);
+    p->last = malloc((size_t)n_seqs * sizeof *p->last);
+    p->att = malloc((size_t)n_seqs * sizeof *p->att);
+    if (!p->pos || !p->slot || !p->last || !p->att) {
+        llamagen_plan_free(p);
+        return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    }
+    int row = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const llamagen_seq *q = &seqs[s];
+        p->att[s] = (ts_attn_seq){q->block_table, q->n_past + q->n_new, q->n_new, row};
+        for (int i = 0; i < q->n_new; i++, row++) {
+            int pos = q->n_past + i;
+            p->pos[row] = pos;
+            int bs = kv->block_size;
+            p->slot[row] = q->block_table[pos / bs] * bs + pos % bs;
+        }
+        p->last[s] = row - 1;
+    }
+    return TS_OK;
+}
+
+void llamagen_blocks(ts_backend *be, const llamagen_config *c, const llamagen_layer *layers,
+                     int n_layer, llamagen_acts *a, int M, const float *rope,
+                     const int32_t *pos, const llamagen_attn *att)
+{
+    int dim = c->dim, hd = c->head_dim;
+    int kv_dim = c->n_kv_head * hd;
+    int qkv_dim = dim + 2 * kv_dim;
+    for (int l = 0; l < n_layer; l++) {
+        const llamagen_layer *L = &layers[l];
+        /* attention: h = x + wo(attn(rope(q), rope(k), v)) */
+        float *qkv = att->kv ? a->qkv : att->store[l] + (size_t)att->row0 * qkv_dim;
+        float *o = att->kv ? a->att : att->att_store + (size_t)att->row0 * dim;
+        ts_be_rmsnorm(be, a->xn, a->x, L->attention_norm, M, dim, c->norm_eps);
+        ts_be_matmul(be, qkv, a->xn, &L->wqkv, NULL, M);
+        ts_be_rope(be, qkv, qkv_dim, M, c->n_head, hd, rope, pos);
+        ts_be_rope(be, qkv + dim, qkv_dim, M, c->n_kv_head, hd, rope, pos);
+        if (att->kv) {
+            const ts_kv_layer *kvl = &att->kv->layers[l];
+            ts_be_kv_store(be, kvl, qkv + dim, qkv + dim + kv_dim, qkv_dim, att->slot, M);
+            ts_be_attention(be, o, qkv, qkv_dim, kvl, c->n_head, att->seqs, att->n_seqs,
+                            att->max_ctx);
+        } else {
+            const float *s = att->store[l];
+            ts_be_attention_dense(be, att->att_store, s, s + dim, s + 2 * dim, qkv_dim, c->n_head,
+                                  hd, att->rows, att->n_seq, att->seq_len, 1);
+        }
+        ts_be_matmul(be, a->xn, o, &L->wo, NULL, M);
+        ts_be_add(be, a->x, a->xn, (size_t)M * dim);
+        /* feed-forward: out = h + w2(silu(w1 h') * w3 h') */
+        ts_be_rmsnorm(be, a->xn, a->x, L->ffn_norm, M, dim, c->norm_eps);
+        ts_be_matmul(be, a->h1, a->xn, &L->w1, NULL, M);
+        ts_be_matmul(be, a->h3, a->xn, &L->w3, NULL, M);
+        ts_be_swiglu(be, a->h1, a->h1, a->h3, (size_t)M * c->ffn_dim);
+        ts_be_matmul(be, a->xn, a->h1, &L->w2, NULL, M);
+        ts_be_add(be, a->x, a->xn, (size_t)M * dim);
+    }
 }
 
 int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seqs,
@@ -228,94 +344,70 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
     const llamagen_config *c = &m->cfg;
     ts_backend *be = m->be;
     int max_pos = c->cls_token_num + c->block_size;
-    if (n_seqs <= 0) return ts_fail(err, TS_ERR_INVALID, "forward: no sequences");
-    if (kv->n_layer != c->n_layer || kv->layers[0].n_kv_head != c->n_kv_head ||
-        kv->layers[0].head_dim != c->head_dim)
-        return ts_fail(err, TS_ERR_INVALID, "forward: KV cache geometry does not match the model");
 
     /* Validate everything before touching the cache. */
-    int M = 0;
+    llamagen_plan p;
+    int rc = llamagen_plan_make(c, kv, seqs, n_seqs, &p, err);
+    if (rc) return rc;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
-        if (q->n_new <= 0 || q->n_past < 0 || q->n_past + q->n_new > max_pos)
-            return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d positions [%d, %d) outside "
-                           "[0, %d)", s, q->n_past, q->n_past + q->n_new, max_pos);
         for (int i = 0; i < q->n_new; i++) {
             int pos = q->n_past + i;
             int limit = pos < c->cls_token_num ? c->num_classes : c->vocab_size - 1;
-            if (q->ids[i] < 0 || q->ids[i] > limit)
+            if (q->ids[i] < 0 || q->ids[i] > limit) {
+                llamagen_plan_free(&p);
                 return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d id %d at position %d "
                                "is outside [0, %d]", s, q->ids[i], pos, limit);
+            }
         }
-        if (M > (1 << 24) - q->n_new) return ts_fail(err, TS_ERR_INVALID, "forward: batch too large");
-        M += q->n_new;
     }
-    int rc = reserve(m, M, n_seqs, err);
-    if (rc) return rc;
-
+    int M = p.rows;
+    if ((rc = reserve(m, M, n_seqs, err))) {
+        llamagen_plan_free(&p);
+        return rc;
+    }
     size_t rows_sz = (size_t)M * sizeof(int32_t);
-    step_plan p = {malloc(rows_sz), malloc(rows_sz), malloc(rows_sz), malloc(rows_sz),
-                   malloc(rows_sz), malloc(rows_sz), malloc((size_t)n_seqs * sizeof(int32_t)),
-                   malloc((size_t)n_seqs * sizeof *p.att)};
-    if (!p.pos || !p.slot || !p.cls_ids || !p.cls_rows || !p.tok_ids || !p.tok_rows || !p.last ||
-        !p.att) {
-        plan_free(&p);
-        return ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    int32_t *cls_ids = malloc(rows_sz), *cls_rows = malloc(rows_sz);
+    int32_t *tok_ids = malloc(rows_sz), *tok_rows = malloc(rows_sz);
+    if (!cls_ids || !cls_rows || !tok_ids || !tok_rows) {
+        rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
+        goto done;
     }
-    int dim = c->dim, hd = c->head_dim;
-    int kv_dim = c->n_kv_head * hd;
-    int qkv_dim = dim + 2 * kv_dim;
     int row = 0, n_cls = 0, n_tok = 0;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
-        p.att[s] = (ts_attn_seq){q->block_table, q->n_past + q->n_new, q->n_new, row};
         for (int i = 0; i < q->n_new; i++, row++) {
-            int pos = q->n_past + i;
-            p.pos[row] = pos;
-            p.slot[row] = q->block_table[pos / kv->block_size] * kv->block_size + pos % kv->block_size;
-            if (pos < c->cls_token_num) {
-                p.cls_ids[n_cls] = q->ids[i];
-                p.cls_rows[n_cls++] = row;
+            if (q->n_past + i < c->cls_token_num) {
+                cls_ids[n_cls] = q->ids[i];
+                cls_rows[n_cls++] = row;
             } else {
-                p.tok_ids[n_tok] = q->ids[i];
-                p.tok_rows[n_tok++] = row;
+                tok_ids[n_tok] = q->ids[i];
+                tok_rows[n_tok++] = row;
             }
         }
-        p.last[s] = row - 1;
     }
 
     /* From here to the download, the ops are one step that recurs with the same shapes. */
     ts_be_step_begin(be);
-    ts_be_embed(be, m->x, &m->cls_embedding, p.cls_ids, p.cls_rows, n_cls);
-    ts_be_embed(be, m->x, &m->tok_embeddings, p.tok_ids, p.tok_rows, n_tok);
-    for (int l = 0; l < c->n_layer; l++) {
-        const llamagen_layer *L = &m->layers[l];
-        const ts_kv_layer *kvl = &kv->layers[l];
-        /* attention: h = x + wo(attn(rope(q), rope(k), v)) */
-        ts_be_rmsnorm(be, m->xn, m->x, L->attention_norm, M, dim, c->norm_eps);
-        ts_be_matmul(be, m->qkv, m->xn, &L->wqkv, NULL, M);
-        ts_be_rope(be, m->qkv, qkv_dim, M, c->n_head, hd, m->rope, p.pos);
-        ts_be_rope(be, m->qkv + dim, qkv_dim, M, c->n_kv_head, hd, m->rope, p.pos);
-        ts_be_kv_store(be, kvl, m->qkv + dim, m->qkv + dim + kv_dim, qkv_dim, p.slot, M);
-        ts_be_attention(be, m->att, m->qkv, qkv_dim, kvl, c->n_head, p.att, n_seqs, max_pos);
-        ts_be_matmul(be, m->xn, m->att, &L->wo, NULL, M);
-        ts_be_add(be, m->x, m->xn, (size_t)M * dim);
-        /* feed-forward: out = h + w2(silu(w1 h') * w3 h') */
-        ts_be_rmsnorm(be, m->xn, m->x, L->ffn_norm, M, dim, c->norm_eps);
-        ts_be_matmul(be, m->h1, m->xn, &L->w1, NULL, M);
-        ts_be_matmul(be, m->h3, m->xn, &L->w3, NULL, M);
-        ts_be_swiglu(be, m->h1, m->h1, m->h3, (size_t)M * c->ffn_dim);
-        ts_be_matmul(be, m->xn, m->h1, &L->w2, NULL, M);
-        ts_be_add(be, m->x, m->xn, (size_t)M * dim);
-    }
+    llamagen_acts *a = &m->act;
+    ts_be_embed(be, a->x, &m->cls_embedding, cls_ids, cls_rows, n_cls);
+    ts_be_embed(be, a->x, &m->tok_embeddings, tok_ids, tok_rows, n_tok);
+    llamagen_attn att = {.kv = kv, .slot = p.slot, .seqs = p.att, .n_seqs = n_seqs,
+                         .max_ctx = max_pos};
+    llamagen_blocks(be, c, m->layers, c->n_layer, a, M, m->rope, p.pos, &att);
 
     /* Only each sequence's last row needs logits. */
-    ts_be_gather_rows(be, m->xn, m->x, p.last, n_seqs, dim);
-    ts_be_rmsnorm(be, m->last, m->xn, m->norm, n_seqs, dim, c->norm_eps);
+    ts_be_gather_rows(be, a->xn, a->x, p.last, n_seqs, c->dim);
+    ts_be_rmsnorm(be, m->last, a->xn, m->norm, n_seqs, c->dim, c->norm_eps);
     ts_be_matmul(be, m->logits, m->last, &m->output, NULL, n_seqs);
     if (logits) ts_be_download(be, logits, m->logits, (size_t)n_seqs * c->vocab_size);
-    plan_free(&p);
-    return TS_OK;
+done:
+    free(cls_ids);
+    free(cls_rows);
+    free(tok_ids);
+    free(tok_rows);
+    llamagen_plan_free(&p);
+    return rc;
 }
 
 const float *llamagen_logits(const llamagen_model *m) { return m->logits; }

@@ -7,6 +7,11 @@
  * embedding (row num_classes is the null class used for CFG); position
  * cls_token_num + n holds image token n, at grid cell divmod(n, grid).
  *
+ * The block stack (llamagen_blocks, with paged or dense attention), its loader, the
+ * step plan and the activation scratch are exported for FQGAN's FAR (far.h), whose
+ * trunk is this GPT with another input embedding and whose per-position head is a
+ * second, small stack of the same blocks.
+ *
  * Ownership: llamagen_load borrows the backend and the safetensors file for the
  * model's lifetime (weights are read in place on the CPU); llamagen_free releases what
  * the model allocated, not the file or the backend.
@@ -40,6 +45,39 @@ typedef struct llamagen_layer {
     ts_wt w2;                /* [dim, ffn] */
 } llamagen_layer;
 
+/* Activation scratch of the block stack (backend memory) for up to `cap` rows: the
+ * residual stream x [cap, dim] and the temporaries of one block. */
+typedef struct llamagen_acts {
+    int cap;
+    float *x, *xn, *qkv, *att, *h1, *h3;
+} llamagen_acts;
+
+/* How the rows of one llamagen_blocks call attend (every layer alike).
+ *
+ * Paged (kv non-NULL; the GPT trunks): row i's k/v go to cache slot slot[i] of each
+ * layer, then each of the n_seqs sequences attends over its cached positions
+ * (ts_be_attention, contexts of at most max_ctx).
+ *
+ * Dense (kv NULL; FAR's per-position head): no cache. Layer l's q/k/v rows live in a
+ * caller-owned store, store[l] [*, qkv_dim] with qkv_dim = 3*dim (n_kv_head must equal
+ * n_head); this call's M new rows are written straight into rows [row0, row0 + M) of it
+ * (the projection's output), rows written by earlier calls stay as they are. Attention
+ * is ts_be_attention_dense over n_seq causal sequences of seq_len positions, position p
+ * of sequence s at store row rows[s * seq_len + p]; its output goes to att_store
+ * [*, dim] at the same rows, and the new rows [row0, row0 + M) continue the block. */
+typedef struct llamagen_attn {
+    const ts_kv_cache *kv;
+    const int32_t *slot;
+    const ts_attn_seq *seqs;
+    int n_seqs, max_ctx;
+
+    float *const *store;
+    float *att_store;
+    int row0;
+    const int32_t *rows;
+    int n_seq, seq_len;
+} llamagen_attn;
+
 typedef struct llamagen_model {
     llamagen_config cfg;
     ts_backend *be;
@@ -50,9 +88,10 @@ typedef struct llamagen_model {
     ts_wt output;            /* [vocab, dim] */
     float *rope;             /* backend memory [cls_token_num + block_size][head_dim/2][2] */
 
-    /* Activation scratch (backend memory) for up to cap_tokens rows, cap_seqs sequences. */
-    int cap_tokens, cap_seqs;
-    float *x, *xn, *qkv, *att, *h1, *h3, *last, *logits;
+    /* Activation scratch (backend memory) for up to act.cap rows, cap_seqs sequences. */
+    llamagen_acts act;
+    int cap_seqs;
+    float *last, *logits;
 } llamagen_model;
 
 /* One sequence's part of a forward call: n_new tokens at positions
@@ -86,5 +125,45 @@ void llamagen_free(llamagen_model *m);   /* NULL-safe */
 int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seqs,
                      int n_seqs, float *logits, ts_error *err);
 const float *llamagen_logits(const llamagen_model *m);
+
+/* ---- the pieces llamagen_forward is made of, shared with FAR (far.h) ---- */
+
+/* Loads n blocks named <prefix>.{i}.attention_norm.weight ... (LlamaGen's block names,
+ * prefix "layers" for the GPT) into *out (calloc'ed; free with llamagen_layers_free,
+ * also after a failure). */
+int llamagen_layers_load(ts_backend *be, ts_st_file *f, const llamagen_config *c,
+                         const char *prefix, int n, llamagen_layer **out, ts_error *err);
+void llamagen_layers_free(ts_backend *be, llamagen_layer *layers, int n);   /* NULL-safe */
+
+/* The RoPE table of c uploaded to backend memory (NULL on OOM; ts_be_free it). */
+float *llamagen_rope_upload(ts_backend *be, const llamagen_config *c);
+
+/* Grows a to hold `rows` rows of c's sizes (keeps it when big enough). */
+int llamagen_acts_reserve(ts_backend *be, const llamagen_config *c, llamagen_acts *a, int rows,
+                          ts_error *err);
+void llamagen_acts_free(ts_backend *be, llamagen_acts *a);
+
+/* Runs layers[0..n_layer) in place over the M rows of a->x ([M, dim], already embedded)
+ * at rotary rows pos[i] of rope ([*, head_dim/2, 2], backend memory): per layer RMSNorm,
+ * qkv projection, RoPE on q and k, attention as att says, output projection, residual,
+ * RMSNorm, SwiGLU FFN, residual. c gives the sizes (dim, heads, ffn_dim, norm_eps).
+ * Backend ops only; nothing is validated here. */
+void llamagen_blocks(ts_backend *be, const llamagen_config *c, const llamagen_layer *layers,
+                     int n_layer, llamagen_acts *a, int M, const float *rope,
+                     const int32_t *pos, const llamagen_attn *att);
+
+/* The host-side plan of one paged step over n_seqs sequences (ids are not read): per
+ * row its position and cache slot, per sequence its attention slice and last row.
+ * Validates positions against [0, cls_token_num + block_size) and the total row count
+ * (TS_ERR_INVALID naming the sequence). Free with llamagen_plan_free. */
+typedef struct llamagen_plan {
+    int rows;                  /* M: new tokens over all sequences */
+    int32_t *pos, *slot;       /* [M] */
+    int32_t *last;             /* [n_seqs] the last row of each sequence */
+    ts_attn_seq *att;          /* [n_seqs] */
+} llamagen_plan;
+int llamagen_plan_make(const llamagen_config *c, const ts_kv_cache *kv, const llamagen_seq *seqs,
+                       int n_seqs, llamagen_plan *p, ts_error *err);
+void llamagen_plan_free(llamagen_plan *p);
 
 #endif

@@ -32,7 +32,27 @@ int vq_config_parse(const json_t *vq, vq_config *cfg, ts_error *err)
                            "a multiple of the %d GroupNorm groups", cfg->ch * cfg->ch_mult[i], i,
                            GN_GROUPS);
     cfg->downsample = 1 << (cfg->n_levels - 1);
+    cfg->n_sub = 1;
     return TS_OK;
+}
+
+int vq_config_parse_factorized(const json_t *vq, vq_config *cfg, ts_error *err)
+{
+    int rc = vq_config_parse(vq, cfg, err);
+    if (rc) return rc;
+    if (!json_object_get(vq, "n_sub"))
+        return ts_fail(err, TS_ERR_CONFIG, "config: missing vq.n_sub (sub-codebooks per "
+                       "position: 2 or 3)");
+    return ts_json_int(vq, "vq", "n_sub", 2, VQ_MAX_SUB, &cfg->n_sub, err);
+}
+
+const char *vq_codebook_name(int n_sub, int j)
+{
+    static const char *dual[2] = {"quantize_vis", "quantize_sem"};
+    static const char *triple[3] = {"quantize_vis", "quantize_sem_mid", "quantize_sem_high"};
+    if (n_sub == 2 && j >= 0 && j < 2) return dual[j];
+    if (n_sub == 3 && j >= 0 && j < 3) return triple[j];
+    return "quantize";
 }
 
 /* ------------------------------------------------------------------ loading */
@@ -111,21 +131,25 @@ static int load_codebook(loader *L)
 {
     vq_decoder *d = L->d;
     const vq_config *c = &d->cfg;
-    const ts_st_tensor *t;
     int64_t shape[2] = {c->codebook_size, c->embed_dim};
-    int rc = ts_st_get(L->f, "quantize.embedding.weight", TS_ST_FLOATS, 2, shape, &t, L->err);
-    if (rc) return rc;
-    size_t n = (size_t)c->codebook_size * c->embed_dim;
-    d->codebook = malloc(n * sizeof *d->codebook);
+    size_t per = (size_t)c->codebook_size * c->embed_dim;
+    d->codebook = malloc((size_t)c->n_sub * per * sizeof *d->codebook);
     if (!d->codebook) return ts_fail(L->err, TS_ERR_NOMEM, "out of memory loading the codebook");
-    ts_to_f32(d->codebook, t->data, t->dtype, n);
-    if (!c->l2_norm) return TS_OK;
-    for (int i = 0; i < c->codebook_size; i++) {   /* F.normalize: x / max(||x||, 1e-12) */
-        float *row = d->codebook + (size_t)i * c->embed_dim;
-        float ss = 0.0f;
-        for (int e = 0; e < c->embed_dim; e++) ss += row[e] * row[e];
-        float nrm = fmaxf(sqrtf(ss), 1e-12f);
-        for (int e = 0; e < c->embed_dim; e++) row[e] /= nrm;
+    for (int j = 0; j < c->n_sub; j++) {
+        const ts_st_tensor *t;
+        snprintf(L->name, sizeof L->name, "%s.embedding.weight", vq_codebook_name(c->n_sub, j));
+        int rc = ts_st_get(L->f, L->name, TS_ST_FLOATS, 2, shape, &t, L->err);
+        if (rc) return rc;
+        float *book = d->codebook + (size_t)j * per;
+        ts_to_f32(book, t->data, t->dtype, per);
+        if (!c->l2_norm) continue;
+        for (int i = 0; i < c->codebook_size; i++) {   /* F.normalize: x / max(||x||, 1e-12) */
+            float *row = book + (size_t)i * c->embed_dim;
+            float ss = 0.0f;
+            for (int e = 0; e < c->embed_dim; e++) ss += row[e] * row[e];
+            float nrm = fmaxf(sqrtf(ss), 1e-12f);
+            for (int e = 0; e < c->embed_dim; e++) row[e] /= nrm;
+        }
     }
     return TS_OK;
 }
@@ -144,7 +168,8 @@ int vq_decoder_load(ts_backend *be, const vq_config *cfg, ts_st_file *f, vq_deco
     int block_in = c->ch * c->ch_mult[nl - 1];
     int rc;
     if ((rc = load_codebook(&L)) ||
-        (rc = load_conv(&L, "post_quant_conv", c->z_channels, c->embed_dim, 1, &d->post_quant_conv)) ||
+        (rc = load_conv(&L, "post_quant_conv", c->z_channels, c->n_sub * c->embed_dim, 1,
+                        &d->post_quant_conv)) ||
         (rc = load_conv(&L, "decoder.conv_in", block_in, c->z_channels, 3, &d->conv_in)) ||
         (rc = load_res(&L, "decoder.mid.0", block_in, block_in, &d->mid_res[0])) ||
         (rc = load_attn(&L, "decoder.mid.1", block_in, &d->mid_attn)) ||
@@ -324,13 +349,20 @@ static void decode_one(vq_decoder *d, const int32_t *codes, int grid, vq_bufs *B
     const vq_config *c = &d->cfg;
     ts_backend *be = d->be;
     int h = grid, w = grid, hw = grid * grid;
-    /* Codebook lookup on the host: NCHW [embed_dim, h, w]. */
-    for (int p = 0; p < hw; p++)
-        for (int e = 0; e < c->embed_dim; e++)
-            host_z[(size_t)e * hw + p] =
-                codes[p] == VQ_CODE_UNKNOWN ? 0.0f : d->codebook[(size_t)codes[p] * c->embed_dim + e];
-    ts_be_upload(be, B->t1, host_z, (size_t)c->embed_dim * hw);
-    conv(d, B->t2, B->t1, &d->post_quant_conv, c->embed_dim, h, w);
+    int k = c->n_sub, E = c->embed_dim;
+    /* Codebook lookups on the host: NCHW [k * embed_dim, h, w], sub-token j's rows of
+     * codebook j in channels [j * E, (j + 1) * E). */
+    for (int j = 0; j < k; j++) {
+        const float *book = d->codebook + (size_t)j * c->codebook_size * E;
+        for (int p = 0; p < hw; p++) {
+            int32_t code = codes[(size_t)p * k + j];
+            for (int e = 0; e < E; e++)
+                host_z[((size_t)j * E + e) * hw + p] =
+                    code == VQ_CODE_UNKNOWN ? 0.0f : book[(size_t)code * E + e];
+        }
+    }
+    ts_be_upload(be, B->t1, host_z, (size_t)k * E * hw);
+    conv(d, B->t2, B->t1, &d->post_quant_conv, k * E, h, w);
     int ch = c->ch * c->ch_mult[c->n_levels - 1];
     conv(d, B->a, B->t2, &d->conv_in, c->z_channels, h, w);
     float *cur = B->a, *nxt = B->b;
@@ -371,7 +403,7 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
     const vq_config *c = &d->cfg;
     if (n <= 0 || grid <= 0 || grid > 4096)
         return ts_fail(err, TS_ERR_INVALID, "vq_decode: bad image count or grid");
-    for (size_t i = 0; i < (size_t)n * grid * grid; i++)
+    for (size_t i = 0; i < (size_t)n * grid * grid * c->n_sub; i++)
         if (codes[i] < VQ_CODE_UNKNOWN || codes[i] >= c->codebook_size)
             return ts_fail(err, TS_ERR_INVALID, "vq_decode: code %d outside [0, %d)", codes[i],
                            c->codebook_size);
@@ -382,7 +414,8 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
      * higher resolutions; size for both. */
     size_t low = 3 * (size_t)c->ch * c->ch_mult[c->n_levels - 1] * hw;
     if (act < low) act = low;
-    if (act < (size_t)c->embed_dim * hw) act = (size_t)c->embed_dim * hw;
+    size_t z_in = (size_t)c->n_sub * c->embed_dim * hw;   /* post_quant_conv's input */
+    if (act < z_in) act = z_in;
     int H = grid * c->downsample, W = H;
     size_t npix = (size_t)H * W;
     if (act > d->bufs_floats) {
@@ -391,7 +424,7 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
         d->bufs_floats = act;
     }
     vq_bufs B = {d->bufs[0], d->bufs[1], d->bufs[2], d->bufs[3]};
-    float *host_z = malloc((size_t)c->embed_dim * hw * sizeof *host_z);
+    float *host_z = malloc(z_in * sizeof *host_z);
     float *host_out = malloc(3 * npix * sizeof *host_out);
     int rc = TS_OK;
     if (!B.a || !B.b || !B.t1 || !B.t2 || !host_z || !host_out) {
@@ -402,7 +435,7 @@ int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb
     }
     for (int img = 0; img < n; img++) {
         float *res;
-        decode_one(d, codes + (size_t)img * hw, grid, &B, host_z, &res);
+        decode_one(d, codes + (size_t)img * hw * c->n_sub, grid, &B, host_z, &res);
         ts_be_download(d->be, host_out, res, 3 * npix);
         if (pixels) memcpy(pixels + (size_t)img * 3 * npix, host_out, 3 * npix * sizeof(float));
         uint8_t *dst = rgb + (size_t)img * npix * 3;

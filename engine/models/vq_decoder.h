@@ -2,6 +2,14 @@
  * upstream): codes -> l2-normalised codebook vectors -> post_quant_conv -> a
  * taming-style convolutional decoder -> RGB in [-1, 1] -> 8-bit.
  *
+ * FQGAN's factorized tokenizers (n_sub = 2 or 3 sub-codebooks) share it: each image
+ * position carries n_sub codes, one per sub-codebook; their l2-normalised rows are
+ * concatenated in sub-token order (channels [j*embed_dim, (j+1)*embed_dim) of
+ * post_quant_conv's input belong to sub-token j+1) and the rest is the same decoder.
+ * Codebook tensors: LlamaGen "quantize.embedding.weight"; FQGAN (vq_codebook_name)
+ * "quantize_vis", "quantize_sem" (dual) or "quantize_vis", "quantize_sem_mid",
+ * "quantize_sem_high" (triple), each ".embedding.weight".
+ *
  * Decoder layout for ch_mult of length L (VQ-16: [1,1,2,2,4], VQ-8: [1,2,2,4]):
  * conv_in, mid (res, attn, res), then conv_blocks[0..L) from the lowest resolution up,
  * each with num_res_blocks+1 ResnetBlocks (attention after each at the lowest level
@@ -20,9 +28,12 @@
 #include "../safetensors.h"
 
 #define VQ_MAX_LEVELS 8
+#define VQ_MAX_SUB 3
+
 
 typedef struct vq_config {
-    int codebook_size, embed_dim;
+    int codebook_size, embed_dim;   /* per sub-codebook */
+    int n_sub;              /* codes per position: 1 (LlamaGen), 2 or 3 (FQGAN) */
     int z_channels, ch;
     int ch_mult[VQ_MAX_LEVELS];
     int n_levels;
@@ -63,7 +74,8 @@ typedef struct vq_level {
 typedef struct vq_decoder {
     vq_config cfg;
     ts_backend *be;
-    float *codebook;         /* host [codebook_size, embed_dim], rows l2-normalised at load */
+    float *codebook;         /* host [n_sub][codebook_size][embed_dim], rows l2-normalised
+                              * at load (when l2_norm) */
     vq_conv post_quant_conv, conv_in, conv_out;
     vq_res mid_res[2];
     vq_attn mid_attn;
@@ -77,7 +89,12 @@ typedef struct vq_decoder {
     size_t bufs_floats;
 } vq_decoder;
 
+/* LlamaGen's "vq" section (n_sub = 1; an "n_sub" key is ignored). */
 int vq_config_parse(const json_t *vq, vq_config *cfg, ts_error *err);
+/* FQGAN's: the same keys plus "n_sub" (2 or 3), required. */
+int vq_config_parse_factorized(const json_t *vq, vq_config *cfg, ts_error *err);
+/* The tensor-name prefix of sub-codebook j (0-based) of n_sub ("quantize" for n_sub 1). */
+const char *vq_codebook_name(int n_sub, int j);
 int vq_decoder_load(ts_backend *be, const vq_config *cfg, ts_st_file *file, vq_decoder **out,
                     ts_error *err);
 void vq_decoder_free(vq_decoder *d);   /* NULL-safe */
@@ -86,8 +103,10 @@ void vq_decoder_free(vq_decoder *d);   /* NULL-safe */
  * to a flat grey-ish region that later steps fill in. */
 #define VQ_CODE_UNKNOWN (-1)
 
-/* Decodes n images of grid x grid codes each (raster order) into rgb (host),
- * reusing the decoder's activation buffers (so not concurrently with itself),
+/* Decodes n images of grid x grid positions each (raster order) into rgb (host),
+ * reusing the decoder's activation buffers (so not concurrently with itself). codes
+ * holds n * grid*grid * n_sub ids: image i, position p, sub-token j at
+ * codes[(i * grid*grid + p) * n_sub + j] (for n_sub 1 simply the token grid). Output:
  * n * (grid*ds) * (grid*ds) * 3 bytes, HWC. If pixels is non-NULL it also receives the
  * decoder's float output [n, 3, H, W] before the 8-bit mapping. */
 int vq_decode(vq_decoder *d, const int32_t *codes, int n, int grid, uint8_t *rgb,
