@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stfile  # noqa: E402
 from train_vq import lr_at, to_tensor  # noqa: E402
 
-WIDTHS = (32, 64, 128, 256)
+WIDTHS = (16, 32, 64, 128)
 
 
 class Classifier(nn.Module):

@@ -19,7 +19,7 @@ mkdir -p "$work" "$out/eval"
 "$py" "$here/train_gpt.py" --data "$work/dataset.npz" --vq "$work/vq.pt" \
     --out "$work/gpt.pt" --seed "$seed"
 "$py" "$here/train_classifier.py" --data "$work/dataset.npz" \
-    --out "$out/eval/classifier.safetensors" --seed "$seed"
+    --out "$out/eval/classifier.safetensors" --seed "$seed" --threads 1
 "$py" "$here/convert.py" llamagen --gpt "$work/gpt.pt" --vq "$work/vq.pt" --image-size 64 \
     --n-head 4 --dtype bf16 --classes "$work/classes.txt" --out "$out" \
     --name "Tessera emoji 64px (LlamaGen architecture, trained by tools/train_default.sh)"

@@ -2,7 +2,7 @@
 """Trains the default model's class-conditional GPT over the trained VQ tokenizer's codes.
 
   usage: tools/train_gpt.py --data build/emoji/dataset.npz --vq build/train/vq.pt
-         --out build/train/gpt.pt [--steps 1400] [--batch 64] [--seed 0] [--threads 2]
+         --out build/train/gpt.pt [--steps 1600] [--batch 64] [--seed 0] [--threads 2]
 
 LlamaGen's c2i GPT (2D RoPE, RMSNorm, SwiGLU, a class token whose embedding table has a
 null row for classifier-free guidance), smaller. Every image of the dataset is encoded
@@ -42,7 +42,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--vq", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--seed", type=int, default=0)
