@@ -57,6 +57,21 @@ static int get_bool(json_t *o, const char *k, int *v, ts_api_error *e)
     return 0;
 }
 
+const ts_api_model *ts_api_model_of(const ts_api_limits *lim, ts_job_family family)
+{
+    return family == TS_JOB_MASKED ? &lim->masked : family == TS_JOB_FAR ? &lim->far : &lim->ar;
+}
+
+const ts_api_model *ts_api_default_class_model(const ts_api_limits *lim)
+{
+    return lim->ar.present ? &lim->ar : lim->far.present ? &lim->far : NULL;
+}
+
+static ts_job_family class_family(const ts_api_limits *lim)
+{
+    return lim->ar.present ? TS_JOB_AR : TS_JOB_FAR;
+}
+
 static int resolve_prompt(json_t *x, const char *k, const ts_api_model *ar, int32_t *cls,
                           ts_api_error *e)
 {
@@ -104,17 +119,18 @@ static int present(json_t *o, const char *k)
 static int route(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_gen_request *out,
                  ts_api_error *e)
 {
-    const ts_api_model *ar = &lim->ar, *mg = &lim->masked;
+    const ts_api_model *mg = &lim->masked;
+    int has_class_model = ts_api_default_class_model(lim) != NULL;
     json_t *model = json_object_get(o, "model");
     if (model && !json_is_null(model)) {
         const char *name = json_is_string(model) ? json_string_value(model) : NULL;
-        if (name && ar->present && strcmp(name, ar->name) == 0) {
-            out->spec.family = TS_JOB_AR;
-            return 0;
-        }
-        if (name && mg->present && strcmp(name, mg->name) == 0) {
-            out->spec.family = TS_JOB_MASKED;
-            return 0;
+        static const ts_job_family families[] = {TS_JOB_AR, TS_JOB_FAR, TS_JOB_MASKED};
+        for (int i = 0; name && i < 3; i++) {
+            const ts_api_model *m = ts_api_model_of(lim, families[i]);
+            if (m->present && strcmp(name, m->name) == 0) {
+                out->spec.family = families[i];
+                return 0;
+            }
         }
         if (kind == TS_API_NATIVE) {
             if (!name) return INVALID("model: must be a string (a model id from GET /v1/models)");
@@ -124,20 +140,20 @@ static int route(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_gen_r
         /* OpenAI clients name their own models ("dall-e-3", ...): ignored. */
     }
     if (kind == TS_API_NATIVE && present(o, "class")) {
-        if (!ar->present)
+        if (!has_class_model)
             return INVALID("class: this server has no class-conditional model; give a prompt");
-        out->spec.family = TS_JOB_AR;
+        out->spec.family = class_family(lim);
         return 0;
     }
     if (present(o, "prompt")) {
-        out->spec.family = mg->present ? TS_JOB_MASKED : TS_JOB_AR;
+        out->spec.family = mg->present ? TS_JOB_MASKED : class_family(lim);
         return 0;
     }
     if (kind == TS_API_OPENAI)
         return INVALID(mg->present ? "prompt: required (the text to draw)"
                                    : "prompt: required (a class name of this model)");
     if (!mg->present) return INVALID("class: required (or prompt, a class name)");
-    if (!ar->present) return INVALID("prompt: required (the text to draw)");
+    if (!has_class_model) return INVALID("prompt: required (the text to draw)");
     return INVALID("prompt: required (the text to draw), or class for the class-conditional "
                    "model");
 }
@@ -154,10 +170,11 @@ static int check_family_fields(json_t *o, const ts_api_limits *lim, ts_job_famil
             return INVALID("%s: not a parameter of the MaskGen model \"%.80s\", which takes "
                            "prompt, n, seed, guidance, randomize_temperature, aesthetic, steps "
                            "and stream", k, lim->masked.name);
-        if (fam == TS_JOB_AR && known(MASKED_KEYS, k))
-            return INVALID("%s: not a parameter of the LlamaGen model \"%.80s\", which takes "
+        if (fam != TS_JOB_MASKED && known(MASKED_KEYS, k))
+            return INVALID("%s: not a parameter of the %s model \"%.80s\", which takes "
                            "class or prompt, n, seed, cfg, cfg_interval, top_k, top_p, "
-                           "temperature and stream", k, lim->ar.name);
+                           "temperature and stream", k, fam == TS_JOB_FAR ? "FQGAN" : "LlamaGen",
+                           ts_api_model_of(lim, fam)->name);
     }
     return 0;
 }
@@ -190,10 +207,11 @@ static int parse_masked(ts_api_kind kind, json_t *o, const ts_api_limits *lim,
     return 0;
 }
 
+/* A class-conditional request: LlamaGen or FQGAN (the same fields and defaults). */
 static int parse_ar(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_gen_request *out,
                     ts_api_error *e)
 {
-    const ts_api_model *ar = &lim->ar;
+    const ts_api_model *ar = ts_api_model_of(lim, out->spec.family);
     ts_job_spec *s = &out->spec;
     /* Defaults are upstream's sample_c2i.py (and the CLI's), so requests match it. */
     long long top_k = 2000;
@@ -247,7 +265,7 @@ static int parse_fields(ts_api_kind kind, json_t *o, const ts_api_limits *lim, i
     int stream = 0;
     if (route(kind, o, lim, out, e)) return -1;
     int masked = s->family == TS_JOB_MASKED;
-    const ts_api_model *model = masked ? &lim->masked : &lim->ar;
+    const ts_api_model *model = ts_api_model_of(lim, s->family);
     if (kind == TS_API_NATIVE && check_family_fields(o, lim, s->family, e)) return -1;
     if (masked ? parse_masked(kind, o, lim, out, e) : parse_ar(kind, o, lim, out, e)) return -1;
     if (get_int(o, "n", 1, lim->max_n, &n, e) ||

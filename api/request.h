@@ -1,10 +1,12 @@
 /* request.h - generation requests from JSON bodies: parsing, routing to a model, and
  * validation.
  *
- * A server holds at most one LlamaGen (class-conditional, autoregressive) and one
- * MaskGen (text-to-image, masked) model. "model" names one; otherwise "class" goes to
- * the LlamaGen model and "prompt" to the MaskGen model when there is one (else it is
- * a class name). Fields of the other family are refused, naming the field.
+ * A server holds at most one LlamaGen (class-conditional, autoregressive), one FQGAN
+ * (its FAR generator: class-conditional, autoregressive) and one MaskGen (text-to-
+ * image, masked) model. "model" names one; otherwise "class" goes to the default class
+ * model (LlamaGen when the server has one, else FQGAN) and "prompt" to the MaskGen model
+ * when there is one (else it is a class name for the default class model). Fields of
+ * another family are refused, naming the field.
  *
  * Runs on the event loop (never the engine thread). Every refusal names the field and
  * the rule in `message`, with the HTTP status and stable code the API answers with.
@@ -37,18 +39,20 @@ int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, 
 typedef struct ts_api_model {
     int present;
     const char *name;                /* the id GET /v1/models lists; borrowed */
-    int image_size, n_tokens;
-    int num_classes, vocab_size;     /* LlamaGen */
-    const ts_class_table *classes;   /* LlamaGen: class names (may be empty) */
+    int image_size;
+    int n_tokens;                    /* steps: LlamaGen tokens, FQGAN positions (each
+                                        n_sub ids), MaskGen tokens */
+    int num_classes, vocab_size;     /* LlamaGen, FQGAN */
+    const ts_class_table *classes;   /* LlamaGen, FQGAN: class names (may be empty) */
     ts_mask_params defaults;         /* MaskGen: steps, guidance, randomize_temperature,
                                         aesthetic when a request leaves them out */
 } ts_api_model;
 
 /* What the parser needs to know about the server and its models. */
 typedef struct ts_api_limits {
-    ts_api_model ar, masked;         /* at least one present */
+    ts_api_model ar, masked, far;    /* LlamaGen, MaskGen, FQGAN; at least one present */
     int max_n;                       /* min(TS_API_MAX_N, --max-batch) */
-    int preview_every;               /* --preview-every: LlamaGen tokens */
+    int preview_every;               /* --preview-every: LlamaGen tokens, FQGAN positions */
     int masked_preview_every;        /* --masked-preview-every: MaskGen steps */
 } ts_api_limits;
 
@@ -68,7 +72,14 @@ int ts_api_parse(ts_api_kind kind, const char *body, size_t len, const ts_api_li
                  int allow_stream, uint64_t random_seed, ts_gen_request *out, ts_api_error *e);
 
 /* The previews a streamed request gets: every --preview-every tokens (LlamaGen) or
- * --masked-preview-every steps (MaskGen). */
+ * positions (FQGAN), or --masked-preview-every steps (MaskGen). */
 int ts_api_preview_every(const ts_api_limits *lim, const ts_job_spec *spec);
+
+/* The model that runs requests of family (its `present` may be 0). */
+const ts_api_model *ts_api_model_of(const ts_api_limits *lim, ts_job_family family);
+
+/* The model a class request without "model" goes to: LlamaGen when the server has
+ * one, else FQGAN; NULL when it has neither. */
+const ts_api_model *ts_api_default_class_model(const ts_api_limits *lim);
 
 #endif

@@ -12,9 +12,9 @@
 typedef enum group_state { G_WAITING, G_RUNNING, G_DECODING } group_state;
 
 typedef struct image_seqs {
-    ts_block_table cond, uncond;   /* AR only */
-    int32_t *tokens;           /* AR: [L] in raster order; masked: ids [N], the mask id
-                                  where still masked */
+    ts_block_table cond, uncond;   /* autoregressive (LlamaGen, FAR) only */
+    int32_t *tokens;           /* LlamaGen: [L] in raster order; FAR: [L][k], position-
+                                  major; masked: ids [N], the mask id where still masked */
     int32_t *pred;             /* masked with previews: [N], the prediction of the last
                                   step that was due for a preview */
     int decoded;               /* final image delivered */
@@ -25,9 +25,9 @@ typedef struct group {
     ts_job_spec spec;
     group_state state;
     int cancelled;
-    int t;                     /* tokens generated (AR) or masked steps done, shared by
-                                  every image of the group */
-    int reserve;               /* KV blocks promised and not yet taken */
+    int t;                     /* tokens (LlamaGen) or positions (FAR) generated, or masked
+                                  steps done, shared by every image of the group */
+    int reserve;               /* KV blocks promised (in its lane's cache), not yet taken */
     int last_position;         /* last queue position reported */
     int preview_due;           /* step whose preview is pending, 0 = none */
     int n_decoded;
@@ -37,26 +37,45 @@ typedef struct group {
     struct group *next;
 } group;
 
-struct ts_sched {
-    ts_model *ar;              /* LlamaGen, or NULL */
+/* An autoregressive lane: LlamaGen's GPT or FQGAN's FAR, each over its own paged KV
+ * cache. Everything about groups of these two families (block tables, reservations,
+ * rows, CFG pairs, sampling, previews and decodes) is this one code path; the lane
+ * says which forward runs, how many codes a position has (k) and whether uncond
+ * sequences start from the shared null-class prefix. */
+typedef struct ar_lane {
+    ts_job_family family;      /* TS_JOB_AR or TS_JOB_FAR */
+    ts_model *m;               /* NULL: the server has no model of this family */
     ts_kv_cache *kv;
-    ts_model *mg;              /* MaskGen, or NULL */
     ts_block_manager bm;
+    const llamagen_config *c;  /* LlamaGen's GPT, or FAR's trunk */
+    int k;                     /* codes per position: 1 (LlamaGen) or FAR's n_sub */
+    int shared_null;           /* LlamaGen: uncond rows start from null_prefix */
+    ts_block_table null_prefix;
+    float *null_logits;        /* backend memory [vocab]: the null class's prefill logits */
+
+    /* Step scratch, grown on demand. */
+    int cap_rows;
+    llamagen_seq *rows;
+    far_seq *frows;            /* FAR: the same rows as far_trunk_forward takes them */
+    int32_t *ids;              /* [cap_rows * k]: what each row feeds */
+    int32_t *prev;             /* FAR: [cap_rows], sub-token j-1 of each row's image */
+    ts_sample_row *draws;      /* one per image in the batch */
+    int32_t *picked;
+    int32_t *codes;            /* [L * k] for decodes */
+
+    ts_sched_lane_stats st;
+} ar_lane;
+
+enum { LANE_LLAMAGEN, LANE_FAR, N_LANES };
+
+struct ts_sched {
+    ar_lane lanes[N_LANES];    /* stepped in this order */
+    ts_model *mg;              /* MaskGen, or NULL */
     ts_sched_config cfg;
     ts_sched_emit_fn emit;
     void *emit_ctx;
 
     group *groups;             /* every live group, in arrival order */
-    ts_block_table null_prefix;
-    float *null_logits;        /* backend memory [vocab]: the null class's prefill logits */
-
-    /* AR step scratch, grown on demand. */
-    int cap_rows;
-    llamagen_seq *rows;
-    int32_t *ids;
-    ts_sample_row *draws;      /* one per image in the batch */
-    int32_t *picked;
-    int32_t *codes;            /* [L] for previews */
 
     /* Masked step scratch: one entry per image, max_batch of each. */
     const ts_mask_params **m_params;
@@ -65,7 +84,7 @@ struct ts_sched {
     uint64_t *m_seeds;
     int32_t **m_ids, **m_pred;
 
-    uint8_t *rgb;              /* one image of the larger family */
+    uint8_t *rgb;              /* one image of the largest model */
 
     ts_sched_stats st;
 };
@@ -89,51 +108,71 @@ ts_event *ts_event_new(ts_event_kind kind, uint64_t job)
 
 static void emit(ts_sched *s, ts_event *ev) { s->emit(s->emit_ctx, ev); }
 
-static const llamagen_config *gcfg(const ts_sched *s) { return &s->ar->gpt->cfg; }
 static ts_masked_model *mmod(const ts_sched *s) { return s->mg->masked; }
 static int masked_tokens(const ts_sched *s) { return mmod(s)->gen->cfg.num_tokens; }
 static int is_masked(const group *g) { return g->spec.family == TS_JOB_MASKED; }
 
-/* Steps a group runs: AR one per token, masked its requested steps. */
-static int group_steps(const ts_sched *s, const group *g)
+/* The lane of an autoregressive family (NULL for the masked one). */
+static ar_lane *lane_for(const ts_sched *s, ts_job_family family)
 {
-    return is_masked(g) ? g->spec.mask.steps : gcfg(s)->block_size;
+    if (family == TS_JOB_AR) return (ar_lane *)&s->lanes[LANE_LLAMAGEN];
+    if (family == TS_JOB_FAR) return (ar_lane *)&s->lanes[LANE_FAR];
+    return NULL;
 }
 
-/* Tokens per image of a group's family. */
+static ar_lane *lane_of(const ts_sched *s, const group *g) { return lane_for(s, g->spec.family); }
+
+/* Steps a group runs: one per token (LlamaGen) or position (FAR), masked its
+ * requested steps. */
+static int group_steps(const ts_sched *s, const group *g)
+{
+    return is_masked(g) ? g->spec.mask.steps : lane_of(s, g)->c->block_size;
+}
+
+/* Ids per image of a group's family (FAR: k per position). */
 static int group_tokens(const ts_sched *s, const group *g)
 {
-    return is_masked(g) ? masked_tokens(s) : gcfg(s)->block_size;
+    if (is_masked(g)) return masked_tokens(s);
+    const ar_lane *L = lane_of(s, g);
+    return L->c->block_size * L->k;
 }
 
 static int group_px(const ts_sched *s, const group *g)
 {
-    return is_masked(g) ? s->mg->image_size : s->ar->image_size;
+    return is_masked(g) ? s->mg->image_size : lane_of(s, g)->m->image_size;
 }
 
-/* Positions an image's sequences occupy: the class prefix, then every token but the
- * last (never fed back). The uncond sequence stops at the last CFG step. */
-static int cond_positions(const ts_sched *s)
+/* Positions an image's sequences occupy: the class prefix, then every position but
+ * the last (never fed back). The uncond sequence stops at the last CFG step. */
+static int cond_positions(const ar_lane *L)
 {
-    return gcfg(s)->cls_token_num + gcfg(s)->block_size - 1;
+    return L->c->cls_token_num + L->c->block_size - 1;
 }
 
-static int last_cfg_step(const ts_sched *s, const ts_job_spec *spec)
+static int last_cfg_step(const ar_lane *L, const ts_job_spec *spec)
 {
     int last = -1;
-    for (int t = 0; t < gcfg(s)->block_size; t++)
+    for (int t = 0; t < L->c->block_size; t++)
         if (ts_gen_cfg_active(&spec->params, t)) last = t;
     return last;   /* the active steps are always a prefix */
 }
 
+static int lane_blocks_per_image(const ar_lane *L, const ts_job_spec *spec)
+{
+    int n = ts_bm_blocks_for(&L->bm, cond_positions(L));
+    int last = last_cfg_step(L, spec);
+    /* Steps 1..last feed the uncond row (up to position cls + last - 1). LlamaGen's step
+     * 0 reads the shared prefix's logits (its block is copied at step 1, counted here);
+     * FAR's uncond row runs its own class prefill at step 0. */
+    if (last >= (L->shared_null ? 1 : 0))
+        n += ts_bm_blocks_for(&L->bm, L->c->cls_token_num + last);
+    return n;
+}
+
 int ts_sched_blocks_per_image(const ts_sched *s, const ts_job_spec *spec)
 {
-    if (spec->family == TS_JOB_MASKED || !s->ar) return 0;
-    int n = ts_bm_blocks_for(&s->bm, cond_positions(s));
-    int last = last_cfg_step(s, spec);
-    /* Steps 1..last feed the uncond row; step 0 reads the shared prefix's logits. */
-    if (last >= 1) n += ts_bm_blocks_for(&s->bm, gcfg(s)->cls_token_num + last);
-    return n;
+    const ar_lane *L = lane_for(s, spec->family);
+    return L && L->m ? lane_blocks_per_image(L, spec) : 0;
 }
 
 int ts_sched_max_blocks_per_image(const llamagen_config *c, int block_size)
@@ -161,25 +200,33 @@ static int check_masked(const ts_sched *s, const ts_job_spec *spec, ts_error *er
     return 0;
 }
 
+static int check_ar(const ar_lane *L, const ts_job_spec *spec, ts_error *err)
+{
+    if (!L->m)
+        return ts_fail(err, TS_ERR_INVALID, L->family == TS_JOB_FAR
+                       ? "this server has no FQGAN (FAR, class-conditional) model"
+                       : "this server has no LlamaGen (class-conditional) model");
+    const llamagen_config *c = L->c;
+    if (spec->class_id < 0 || spec->class_id >= c->num_classes)
+        return ts_fail(err, TS_ERR_INVALID, "class must be between 0 and %d", c->num_classes - 1);
+    int need = spec->n_images * lane_blocks_per_image(L, spec);
+    int total = L->kv->n_blocks - L->null_prefix.n;
+    if (need > total)
+        return ts_fail(err, TS_ERR_INVALID,
+                       "the request needs %d KV blocks and the server has %d; ask for fewer images",
+                       need, total);
+    return 0;
+}
+
 int ts_sched_check(const ts_sched *s, const ts_job_spec *spec, ts_error *err)
 {
     if (spec->n_images < 1 || spec->n_images > s->cfg.max_batch)
         return ts_fail(err, TS_ERR_INVALID, "n must be between 1 and %d (the server's batch size)",
                        s->cfg.max_batch);
     if (spec->family == TS_JOB_MASKED) return check_masked(s, spec, err);
-    if (spec->family != TS_JOB_AR) return ts_fail(err, TS_ERR_INVALID, "unknown model family");
-    if (!s->ar)
-        return ts_fail(err, TS_ERR_INVALID, "this server has no LlamaGen (class-conditional) model");
-    const llamagen_config *c = gcfg(s);
-    if (spec->class_id < 0 || spec->class_id >= c->num_classes)
-        return ts_fail(err, TS_ERR_INVALID, "class must be between 0 and %d", c->num_classes - 1);
-    int need = spec->n_images * ts_sched_blocks_per_image(s, spec);
-    int total = s->kv->n_blocks - s->null_prefix.n;
-    if (need > total)
-        return ts_fail(err, TS_ERR_INVALID,
-                       "the request needs %d KV blocks and the server has %d; ask for fewer images",
-                       need, total);
-    return 0;
+    const ar_lane *L = lane_for(s, spec->family);
+    if (!L) return ts_fail(err, TS_ERR_INVALID, "unknown model family");
+    return check_ar(L, spec, err);
 }
 
 static group *find(ts_sched *s, uint64_t id)
@@ -191,13 +238,16 @@ static group *find(ts_sched *s, uint64_t id)
 
 static void group_free(ts_sched *s, group *g)
 {
+    ar_lane *L = lane_of(s, g);
     for (int i = 0; g->img && i < g->spec.n_images; i++) {
-        ts_bm_release(&s->bm, &g->img[i].cond);
-        ts_bm_release(&s->bm, &g->img[i].uncond);
+        if (L) {
+            ts_bm_release(&L->bm, &g->img[i].cond);
+            ts_bm_release(&L->bm, &g->img[i].uncond);
+        }
         free(g->img[i].tokens);
         free(g->img[i].pred);
     }
-    ts_bm_unreserve(&s->bm, &g->reserve);
+    if (L) ts_bm_unreserve(&L->bm, &g->reserve);
     if (g->has_prompt) ts_mg_prompt_free(mmod(s), &g->prompt);
     free(g->img);
     free(g);
@@ -263,75 +313,113 @@ int ts_sched_busy(const ts_sched *s) { return s->groups != NULL; }
 
 /* ------------------------------------------------------------------ creation */
 
-static int grow_scratch(ts_sched *s, int rows, ts_error *err)
+static int grow_scratch(ar_lane *L, int rows, ts_error *err)
 {
-    if (rows <= s->cap_rows) return 0;
-    llamagen_seq *r = realloc(s->rows, (size_t)rows * sizeof *r);
-    if (r) s->rows = r;
-    int32_t *ids = realloc(s->ids, (size_t)rows * sizeof *ids);
-    if (ids) s->ids = ids;
-    ts_sample_row *d = realloc(s->draws, (size_t)rows * sizeof *d);
-    if (d) s->draws = d;
-    int32_t *pk = realloc(s->picked, (size_t)rows * sizeof *pk);
-    if (pk) s->picked = pk;
-    if (!r || !ids || !d || !pk) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
-    s->cap_rows = rows;
+    if (rows <= L->cap_rows) return 0;
+    llamagen_seq *r = realloc(L->rows, (size_t)rows * sizeof *r);
+    if (r) L->rows = r;
+    far_seq *fr = realloc(L->frows, (size_t)rows * sizeof *fr);
+    if (fr) L->frows = fr;
+    int32_t *ids = realloc(L->ids, (size_t)rows * L->k * sizeof *ids);
+    if (ids) L->ids = ids;
+    int32_t *prev = realloc(L->prev, (size_t)rows * sizeof *prev);
+    if (prev) L->prev = prev;
+    ts_sample_row *d = realloc(L->draws, (size_t)rows * sizeof *d);
+    if (d) L->draws = d;
+    int32_t *pk = realloc(L->picked, (size_t)rows * sizeof *pk);
+    if (pk) L->picked = pk;
+    if (!r || !fr || !ids || !prev || !d || !pk)
+        return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
+    L->cap_rows = rows;
     return 0;
 }
 
-/* The null-class prefix, once, for every AR request's uncond sequence. */
-static int make_null_prefix(ts_sched *s, ts_error *err)
+/* LlamaGen's null-class prefix, once, for every request's uncond sequence. */
+static int make_null_prefix(ar_lane *L, ts_error *err)
 {
-    const llamagen_config *c = gcfg(s);
+    const llamagen_config *c = L->c;
     int reserve = 0, n = c->cls_token_num, rc;
-    if (ts_bm_reserve(&s->bm, ts_bm_blocks_for(&s->bm, n), &reserve))
+    if (ts_bm_reserve(&L->bm, ts_bm_blocks_for(&L->bm, n), &reserve))
         return ts_fail(err, TS_ERR_NOMEM, "kv cache too small for even the null-class prefix");
-    rc = ts_bm_prepare(&s->bm, &s->null_prefix, n, 0, &reserve, err);
-    ts_bm_unreserve(&s->bm, &reserve);
+    rc = ts_bm_prepare(&L->bm, &L->null_prefix, n, 0, &reserve, err);
+    ts_bm_unreserve(&L->bm, &reserve);
     if (rc) return rc;
-    for (int i = 0; i < n; i++) s->ids[i] = c->num_classes;
-    llamagen_seq seq = {0, n, s->ids, s->null_prefix.blocks};
-    if ((rc = llamagen_forward(s->ar->gpt, s->kv, &seq, 1, NULL, err))) return rc;
-    ts_be_copy(s->ar->be, s->null_logits, llamagen_logits(s->ar->gpt),
+    for (int i = 0; i < n; i++) L->ids[i] = c->num_classes;
+    llamagen_seq seq = {0, n, L->ids, L->null_prefix.blocks};
+    if ((rc = llamagen_forward(L->m->gpt, L->kv, &seq, 1, NULL, err))) return rc;
+    ts_be_copy(L->m->be, L->null_logits, llamagen_logits(L->m->gpt),
                (size_t)c->vocab_size * sizeof(float));
     return 0;
+}
+
+/* Sets up a lane for model m (NULL: the lane stays empty). */
+static int lane_init(ar_lane *L, ts_job_family family, ts_model *m, ts_kv_cache *kv,
+                     ts_error *err)
+{
+    L->family = family;
+    if (!m) return 0;
+    L->m = m;
+    L->kv = kv;
+    L->c = ts_model_c2i_config(m);
+    L->k = family == TS_JOB_FAR ? m->far->cfg.n_sub : 1;
+    L->shared_null = family == TS_JOB_AR;
+    ts_bm_init(&L->bm, kv);
+    L->codes = malloc((size_t)L->c->block_size * L->k * sizeof *L->codes);
+    if (!L->codes) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
+    int rc = grow_scratch(L, L->c->cls_token_num > 2 ? L->c->cls_token_num : 2, err);
+    if (rc) return rc;
+    if (!L->shared_null) return 0;
+    if (!(L->null_logits = ts_be_alloc(m->be, (size_t)L->c->vocab_size)))
+        return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
+    return make_null_prefix(L, err);
+}
+
+static void lane_free(ar_lane *L)
+{
+    if (L->m) {
+        ts_bm_release(&L->bm, &L->null_prefix);
+        if (L->null_logits) ts_be_free(L->m->be, L->null_logits);
+    }
+    free(L->rows);
+    free(L->frows);
+    free(L->ids);
+    free(L->prev);
+    free(L->draws);
+    free(L->picked);
+    free(L->codes);
 }
 
 int ts_sched_create(const ts_sched_models *models, const ts_sched_config *cfg,
                     ts_sched_emit_fn emit_fn, void *emit_ctx, ts_sched **out, ts_error *err)
 {
     *out = NULL;
-    ts_model *ar = models->ar, *mg = models->masked;
-    if (!ar && !mg) return ts_fail(err, TS_ERR_CONFIG, "scheduler: no model to serve");
+    ts_model *ar = models->ar, *mg = models->masked, *far = models->far;
+    if (!ar && !mg && !far) return ts_fail(err, TS_ERR_CONFIG, "scheduler: no model to serve");
     if (ar && (ar->family != TS_FAMILY_LLAMAGEN || !ar->gpt || !ar->vq || !models->kv))
         return ts_fail(err, TS_ERR_CONFIG, "serving a LlamaGen model needs a folder with both "
                        "gpt and vq, and a KV cache");
+    if (far && (far->family != TS_FAMILY_FQGAN || !far->far || !far->vq || !models->far_kv))
+        return ts_fail(err, TS_ERR_CONFIG, "serving an FQGAN model needs a folder with its FAR "
+                       "generator (gpt) and its vq, and a KV cache");
     if (mg && (mg->family != TS_FAMILY_MASKGEN || !mg->masked))
         return ts_fail(err, TS_ERR_CONFIG, "scheduler: the masked model is not a MaskGen folder");
     if (cfg->max_batch < 1 || cfg->decodes_per_step < 1 || cfg->previews_per_step < 0)
         return ts_fail(err, TS_ERR_INVALID, "scheduler: bad limits");
     ts_sched *s = calloc(1, sizeof *s);
     if (!s) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
-    s->ar = ar;
-    s->kv = ar ? models->kv : NULL;
     s->mg = mg;
     s->cfg = *cfg;
     s->emit = emit_fn;
     s->emit_ctx = emit_ctx;
-    ts_bm_init(&s->bm, s->kv);
     int px = 0, rc = TS_ERR_NOMEM;
-    if (ar) px = ar->image_size;
-    if (mg && mg->image_size > px) px = mg->image_size;
+    ts_model *all[3] = {ar, far, mg};
+    for (int i = 0; i < 3; i++)
+        if (all[i] && all[i]->image_size > px) px = all[i]->image_size;
     s->rgb = malloc((size_t)px * px * 3);
     if (!s->rgb) goto oom;
-    if (ar) {
-        const llamagen_config *c = gcfg(s);
-        s->null_logits = ts_be_alloc(ar->be, (size_t)c->vocab_size);
-        s->codes = malloc((size_t)c->block_size * sizeof *s->codes);
-        if (!s->null_logits || !s->codes) goto oom;
-        if ((rc = grow_scratch(s, c->cls_token_num > 2 ? c->cls_token_num : 2, err))) goto fail;
-        if ((rc = make_null_prefix(s, err))) goto fail;
-    }
+    if ((rc = lane_init(&s->lanes[LANE_LLAMAGEN], TS_JOB_AR, ar, models->kv, err)) ||
+        (rc = lane_init(&s->lanes[LANE_FAR], TS_JOB_FAR, far, models->far_kv, err)))
+        goto fail;
     if (mg) {
         size_t n = (size_t)cfg->max_batch;
         s->m_params = malloc(n * sizeof *s->m_params);
@@ -361,13 +449,7 @@ void ts_sched_free(ts_sched *s)
         s->groups = g->next;
         group_free(s, g);
     }
-    ts_bm_release(&s->bm, &s->null_prefix);
-    if (s->ar) ts_be_free(s->ar->be, s->null_logits);
-    free(s->rows);
-    free(s->ids);
-    free(s->draws);
-    free(s->picked);
-    free(s->codes);
+    for (int l = 0; l < N_LANES; l++) lane_free(&s->lanes[l]);
     free(s->m_params);
     free(s->m_prompts);
     free(s->m_steps);
@@ -422,9 +504,9 @@ static int start_group(ts_sched *s, group *g, ts_error *err)
     return 0;
 }
 
-/* First come, first served across both families: the oldest waiting group blocks the
+/* First come, first served across every family: the oldest waiting group blocks the
  * ones behind it, so a large request is never starved by a stream of small ones, and
- * neither family by the other. */
+ * no family by another. */
 static void admit(ts_sched *s)
 {
     int images = running_images(s);
@@ -437,9 +519,10 @@ static void admit(ts_sched *s)
             continue;
         }
         if (!blocked) {
-            int need = g->spec.n_images * ts_sched_blocks_per_image(s, &g->spec);
+            ar_lane *L = lane_of(s, g);
+            int need = L ? g->spec.n_images * lane_blocks_per_image(L, &g->spec) : 0;
             if (images + g->spec.n_images <= s->cfg.max_batch &&
-                (need == 0 || ts_bm_reserve(&s->bm, need, &g->reserve) == 0)) {
+                (need == 0 || ts_bm_reserve(&L->bm, need, &g->reserve) == 0)) {
                 ts_error err = {0};
                 if (start_group(s, g, &err)) {
                     /* Freed at once (its reservation too); the queue moves on. */
@@ -466,36 +549,63 @@ static void admit(ts_sched *s)
     }
 }
 
-/* Adds the rows of image i of g at step t to the batch; returns the rows added. */
-static int add_rows(ts_sched *s, group *g, int i, int *n_rows, ts_error *err)
+/* Row r of the lane's batch: one new position at pos of table, fed the class id cls
+ * (a class position) or the k codes at codes (image position). */
+static void set_row(ar_lane *L, int r, int pos, const ts_block_table *table, int32_t cls,
+                    const int32_t *codes)
 {
-    const llamagen_config *c = gcfg(s);
+    int32_t *ids = L->ids + (size_t)r * L->k;
+    if (codes) {
+        memcpy(ids, codes, (size_t)L->k * sizeof *ids);
+    } else {
+        ids[0] = cls;
+        for (int j = 1; j < L->k; j++) ids[j] = 0;   /* ignored at a class position */
+    }
+    L->rows[r] = (llamagen_seq){pos, 1, ids, table->blocks};
+}
+
+/* Whether image rows of g at its step t are a [cond, uncond] pair (else cond alone:
+ * CFG off or over, or LlamaGen's step 0, whose uncond logits are the shared prefix's). */
+static int two_rows(const ar_lane *L, const group *g)
+{
+    const ts_gen_params *p = &g->spec.params;
+    return p->cfg_scale > 1.0f && ts_gen_cfg_active(p, g->t) && (g->t > 0 || !L->shared_null);
+}
+
+/* Adds the rows of image i of g at step t to the lane's batch. */
+static int add_rows(ar_lane *L, group *g, int i, int *n_rows, ts_error *err)
+{
+    const llamagen_config *c = L->c;
     image_seqs *im = &g->img[i];
-    int t = g->t, cls = c->cls_token_num, r = *n_rows;
+    int t = g->t, cls = c->cls_token_num, r = *n_rows, k = L->k;
     int cfg = g->spec.params.cfg_scale > 1.0f;
     int rc;
     if (t == 0) {
-        if ((rc = ts_bm_prepare(&s->bm, &im->cond, cls, 0, &g->reserve, err))) return rc;
-        s->ids[r] = g->spec.class_id;
-        s->rows[r] = (llamagen_seq){0, 1, &s->ids[r], im->cond.blocks};
-        *n_rows = r + 1;
-        /* The uncond row's step-0 logits are the shared prefix's. */
-        if (cfg && last_cfg_step(s, &g->spec) >= 1)
-            return ts_bm_share(&s->bm, &im->uncond, &s->null_prefix, err);
+        if ((rc = ts_bm_prepare(&L->bm, &im->cond, cls, 0, &g->reserve, err))) return rc;
+        set_row(L, r++, 0, &im->cond, g->spec.class_id, NULL);
+        if (cfg && L->shared_null) {
+            *n_rows = r;
+            /* The uncond row's step-0 logits are the shared prefix's. */
+            if (last_cfg_step(L, &g->spec) >= 1)
+                return ts_bm_share(&L->bm, &im->uncond, &L->null_prefix, err);
+            return 0;
+        }
+        if (cfg) {   /* FAR: the uncond row's own null-class prefill, beside the cond one */
+            if ((rc = ts_bm_prepare(&L->bm, &im->uncond, cls, 0, &g->reserve, err))) return rc;
+            set_row(L, r++, 0, &im->uncond, c->num_classes, NULL);
+        }
+        *n_rows = r;
         return 0;
     }
-    int pos = cls + t - 1;   /* where token t-1 goes */
-    if ((rc = ts_bm_prepare(&s->bm, &im->cond, pos + 1, pos, &g->reserve, err))) return rc;
-    s->ids[r] = im->tokens[t - 1];
-    s->rows[r] = (llamagen_seq){pos, 1, &s->ids[r], im->cond.blocks};
-    r++;
-    if (cfg && ts_gen_cfg_active(&g->spec.params, t)) {
-        if ((rc = ts_bm_prepare(&s->bm, &im->uncond, pos + 1, pos, &g->reserve, err))) return rc;
-        s->ids[r] = im->tokens[t - 1];
-        s->rows[r] = (llamagen_seq){pos, 1, &s->ids[r], im->uncond.blocks};
-        r++;
+    int pos = cls + t - 1;   /* where position t-1's codes go */
+    const int32_t *codes = im->tokens + (size_t)(t - 1) * k;
+    if ((rc = ts_bm_prepare(&L->bm, &im->cond, pos + 1, pos, &g->reserve, err))) return rc;
+    set_row(L, r++, pos, &im->cond, 0, codes);
+    if (two_rows(L, g)) {
+        if ((rc = ts_bm_prepare(&L->bm, &im->uncond, pos + 1, pos, &g->reserve, err))) return rc;
+        set_row(L, r++, pos, &im->uncond, 0, codes);
     } else if (im->uncond.n) {
-        ts_bm_release(&s->bm, &im->uncond);   /* CFG is over for this image: free early */
+        ts_bm_release(&L->bm, &im->uncond);   /* CFG is over for this image: free early */
     }
     *n_rows = r;
     return 0;
@@ -513,8 +623,11 @@ static void fail_running(ts_sched *s, ts_job_family family, const char *message)
     }
 }
 
-static int running_ar(const group *g) { return g->state == G_RUNNING && !is_masked(g); }
-static int running_masked(const group *g) { return g->state == G_RUNNING && is_masked(g); }
+static int running_in(const group *g, ts_job_family family)
+{
+    return g->state == G_RUNNING && g->spec.family == family;
+}
+static int running_masked(const group *g) { return running_in(g, TS_JOB_MASKED); }
 
 /* After a group's step: progress, then either the decodes or a due preview. */
 static void group_advanced(ts_sched *s, group *g)
@@ -527,11 +640,14 @@ static void group_advanced(ts_sched *s, group *g)
     emit(s, ev);
     if (g->t == total) {
         /* Tokens complete: the KV blocks go back before the (slow) decodes. */
-        for (int i = 0; i < g->spec.n_images; i++) {
-            ts_bm_release(&s->bm, &g->img[i].cond);
-            ts_bm_release(&s->bm, &g->img[i].uncond);
+        ar_lane *L = lane_of(s, g);
+        if (L) {
+            for (int i = 0; i < g->spec.n_images; i++) {
+                ts_bm_release(&L->bm, &g->img[i].cond);
+                ts_bm_release(&L->bm, &g->img[i].uncond);
+            }
+            ts_bm_unreserve(&L->bm, &g->reserve);
         }
-        ts_bm_unreserve(&s->bm, &g->reserve);
         g->state = G_DECODING;
         g->preview_due = 0;
     } else if (g->spec.preview_every > 0 && g->t % g->spec.preview_every == 0) {
@@ -539,54 +655,100 @@ static void group_advanced(ts_sched *s, group *g)
     }
 }
 
-static int ar_step(ts_sched *s, ts_error *err)
+/* The lane's batched forward over n_rows rows: LlamaGen's GPT, or FAR's trunk. */
+static int lane_forward(ar_lane *L, int n_rows, ts_error *err)
 {
-    if (!s->ar) return 0;
-    const llamagen_config *c = gcfg(s);
-    int V = c->vocab_size;
+    if (L->family != TS_JOB_FAR)
+        return llamagen_forward(L->m->gpt, L->kv, L->rows, n_rows, NULL, err);
+    for (int r = 0; r < n_rows; r++)
+        L->frows[r] = (far_seq){L->rows[r].n_past, L->rows[r].n_new, L->rows[r].ids,
+                                L->rows[r].block_table};
+    return far_trunk_forward(L->m->far, L->kv, L->frows, n_rows, err);
+}
+
+/* The logits of code j (0..k-1) of every row: LlamaGen's forward gave them (k = 1);
+ * FAR runs head sub-step j, fed sub-token j-1 of each row's image. */
+static int lane_logits(ar_lane *L, int j, const float **logits, ts_error *err)
+{
+    if (L->family != TS_JOB_FAR) {
+        *logits = llamagen_logits(L->m->gpt);
+        return 0;
+    }
+    int rc = far_head_step(L->m->far, j, j ? L->prev : NULL, NULL, err);
+    if (rc) return rc;
+    L->st.head_steps++;
+    *logits = far_logits(L->m->far);
+    return 0;
+}
+
+/* One step of an autoregressive lane: one forward over every running sequence of its
+ * family, then, for each code j of a position (k of them: 1 for LlamaGen), the draw of
+ * every image's code j, each CFG pair combined (one device sync per code). */
+static int lane_step(ts_sched *s, ar_lane *L, ts_error *err)
+{
+    if (!L->m) return 0;
+    int V = L->c->vocab_size, k = L->k;
     int rows_needed = 0, images = 0;
     for (group *g = s->groups; g; g = g->next)
-        if (running_ar(g)) rows_needed += 2 * g->spec.n_images;
+        if (running_in(g, L->family)) rows_needed += 2 * g->spec.n_images;
     if (!rows_needed) return 0;
-    int rc = grow_scratch(s, rows_needed, err);
+    int rc = grow_scratch(L, rows_needed, err);
     if (rc) return rc;
 
     int n_rows = 0;
     for (group *g = s->groups; g; g = g->next) {
-        if (!running_ar(g)) continue;
+        if (!running_in(g, L->family)) continue;
         for (int i = 0; i < g->spec.n_images; i++)
-            if ((rc = add_rows(s, g, i, &n_rows, err))) return rc;
+            if ((rc = add_rows(L, g, i, &n_rows, err))) return rc;
         images += g->spec.n_images;
     }
-    if ((rc = llamagen_forward(s->ar->gpt, s->kv, s->rows, n_rows, NULL, err))) return rc;
-    const float *logits = llamagen_logits(s->ar->gpt);
-    s->st.forward_passes++;
-    s->st.rows_total += (uint64_t)n_rows;
-    s->st.last_batch_rows = n_rows;
-    s->st.last_batch_images = images;
+    if ((rc = lane_forward(L, n_rows, err))) return rc;
+    L->st.forward_passes++;
+    L->st.rows_total += (uint64_t)n_rows;
+    L->st.last_batch_rows = n_rows;
+    L->st.last_batch_images = images;
 
-    /* Rows were laid out per image as [cond] or [cond, uncond]; walk them the same way,
-     * then draw every image's token in one call (one device sync). */
-    int r = 0, d = 0;
-    for (group *g = s->groups; g; g = g->next) {
-        if (!running_ar(g)) continue;
-        const ts_gen_params *p = &g->spec.params;
-        int t = g->t;
-        int two = p->cfg_scale > 1.0f && t > 0 && ts_gen_cfg_active(p, t);
-        for (int i = 0; i < g->spec.n_images; i++) {
-            const float *cond = logits + (size_t)r * V;
-            const float *uncond = NULL;
-            if (p->cfg_scale > 1.0f) uncond = two ? cond + V : s->null_logits;
-            s->draws[d++] = ts_gen_sample_row(p, cond, uncond, p->seed + (uint64_t)i, t);
-            r += two ? 2 : 1;
+    for (int j = 0; j < k; j++) {
+        const float *logits;
+        if ((rc = lane_logits(L, j, &logits, err))) return rc;
+        /* Rows were laid out per image as [cond] or [cond, uncond]; walk them the same
+         * way, then draw every image's code j in one call. */
+        int r = 0, d = 0;
+        for (group *g = s->groups; g; g = g->next) {
+            if (!running_in(g, L->family)) continue;
+            const ts_gen_params *p = &g->spec.params;
+            int t = g->t, two = two_rows(L, g);
+            for (int i = 0; i < g->spec.n_images; i++) {
+                const float *cond = logits + (size_t)r * V;
+                const float *uncond = NULL;
+                if (p->cfg_scale > 1.0f) uncond = two ? cond + V : L->null_logits;
+                uint64_t seed = p->seed + (uint64_t)i;
+                L->draws[d++] = L->family == TS_JOB_FAR
+                                    ? ts_gen_sample_row_sub(p, cond, uncond, seed, t, j)
+                                    : ts_gen_sample_row(p, cond, uncond, seed, t);
+                r += two ? 2 : 1;
+            }
+        }
+        ts_be_sample(L->m->be, L->picked, L->draws, d, V);
+        /* Keep each image's code; FAR feeds it to the next head sub-step on both rows of
+         * the pair (the cond row's pick, as the CLI does). */
+        r = d = 0;
+        for (group *g = s->groups; g; g = g->next) {
+            if (!running_in(g, L->family)) continue;
+            int two = two_rows(L, g);
+            for (int i = 0; i < g->spec.n_images; i++) {
+                int32_t code = L->picked[d++];
+                g->img[i].tokens[(size_t)g->t * k + j] = code;
+                L->prev[r++] = code;
+                if (two) L->prev[r++] = code;
+            }
         }
     }
-    ts_be_sample(s->ar->be, s->picked, s->draws, d, V);
-    d = 0;
-    for (group *g = s->groups; g; g = g->next) {
-        if (!running_ar(g)) continue;
-        for (int i = 0; i < g->spec.n_images; i++) g->img[i].tokens[g->t] = s->picked[d++];
-        group_advanced(s, g);
+    group *g = s->groups;
+    while (g) {
+        group *next = g->next;
+        if (running_in(g, L->family)) group_advanced(s, g);
+        g = next;
     }
     return 0;
 }
@@ -629,8 +791,9 @@ static int masked_step(ts_sched *s, ts_error *err)
     return 0;
 }
 
-/* Decodes image i of g into s->rgb: AR from its first `known` tokens (the rest
- * unknown); masked from its ids, or from its kept prediction for a preview. */
+/* Decodes image i of g into s->rgb: autoregressive from its first `known` positions
+ * (every code of the rest unknown: a zero latent); masked from its ids, or from its
+ * kept prediction for a preview. */
 static int decode(ts_sched *s, group *g, int i, int known, int preview, ts_error *err)
 {
     if (is_masked(g)) {
@@ -638,10 +801,11 @@ static int decode(ts_sched *s, group *g, int i, int known, int preview, ts_error
         const int32_t *ids = preview ? g->img[i].pred : g->img[i].tokens;
         return titok_decode(mmod(s)->dec, ids, g->prompt.text, 1, NULL, s->rgb, err);
     }
-    int L = gcfg(s)->block_size;
-    for (int k = 0; k < L; k++) s->codes[k] = k < known ? g->img[i].tokens[k] : VQ_CODE_UNKNOWN;
+    ar_lane *L = lane_of(s, g);
+    int n = L->c->block_size * L->k, have = known * L->k;
+    for (int q = 0; q < n; q++) L->codes[q] = q < have ? g->img[i].tokens[q] : VQ_CODE_UNKNOWN;
     s->st.vq_decodes++;
-    return vq_decode(s->ar->vq, s->codes, 1, gcfg(s)->grid, s->rgb, NULL, err);
+    return vq_decode(L->m->vq, L->codes, 1, L->c->grid, s->rgb, NULL, err);
 }
 
 static ts_event *image_event(ts_sched *s, ts_event_kind kind, group *g, int i, int step,
@@ -668,11 +832,11 @@ static void decode_phase(ts_sched *s)
     while (g) {
         group *next = g->next;
         if (g->state == G_DECODING) {
-            int failed = 0, n_tok = group_tokens(s, g);
+            int failed = 0, n_tok = group_tokens(s, g), steps = group_steps(s, g);
             for (int i = 0; i < g->spec.n_images && finals > 0 && !failed; i++) {
                 if (g->img[i].decoded) continue;
                 finals--;
-                if (decode(s, g, i, n_tok, 0, &err)) {
+                if (decode(s, g, i, steps, 0, &err)) {
                     failed = 1;
                     break;
                 }
@@ -713,12 +877,22 @@ int ts_sched_step(ts_sched *s, ts_error *err)
     (void)err;
     drop_cancelled(s);
     admit(s);
+    for (int l = 0; l < N_LANES; l++) {   /* LlamaGen's forward, then FAR's step */
+        ts_error step_err = {0};
+        if (lane_step(s, &s->lanes[l], &step_err)) step_failed(s, s->lanes[l].family, &step_err);
+    }
     ts_error step_err = {0};
-    if (ar_step(s, &step_err)) step_failed(s, TS_JOB_AR, &step_err);
-    ts_error_clear(&step_err);
     if (masked_step(s, &step_err)) step_failed(s, TS_JOB_MASKED, &step_err);
     decode_phase(s);
     return 0;
+}
+
+static void lane_stats(const ar_lane *L, ts_sched_lane_stats *st)
+{
+    *st = L->st;
+    st->kv_blocks_total = L->kv ? L->kv->n_blocks : 0;
+    st->kv_blocks_free = L->kv ? ts_kv_free_blocks(L->kv) : 0;
+    st->kv_blocks_reserved = L->kv ? L->bm.reserved : 0;
 }
 
 void ts_sched_get_stats(const ts_sched *s, ts_sched_stats *st)
@@ -729,7 +903,14 @@ void ts_sched_get_stats(const ts_sched *s, ts_sched_stats *st)
         if (g->state == G_WAITING) st->waiting++;
         else st->running++;
     }
-    st->kv_blocks_total = s->kv ? s->kv->n_blocks : 0;
-    st->kv_blocks_free = s->kv ? ts_kv_free_blocks(s->kv) : 0;
-    st->kv_blocks_reserved = s->bm.reserved;
+    ts_sched_lane_stats ar;
+    lane_stats(&s->lanes[LANE_LLAMAGEN], &ar);
+    st->forward_passes = ar.forward_passes;
+    st->rows_total = ar.rows_total;
+    st->last_batch_rows = ar.last_batch_rows;
+    st->last_batch_images = ar.last_batch_images;
+    st->kv_blocks_total = ar.kv_blocks_total;
+    st->kv_blocks_free = ar.kv_blocks_free;
+    st->kv_blocks_reserved = ar.kv_blocks_reserved;
+    lane_stats(&s->lanes[LANE_FAR], &st->far);
 }

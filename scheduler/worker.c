@@ -44,8 +44,8 @@ struct ts_worker {
 
     /* Engine-thread objects. */
     ts_backend *be;
-    ts_model *ar, *masked;   /* one per family, either may be NULL */
-    ts_kv_cache *kv;
+    ts_model *ar, *far, *masked;   /* one per family, any may be NULL */
+    ts_kv_cache *kv, *far_kv;       /* ar's and far's */
     ts_sched *sched;
     ts_event *step_head, **step_tail;   /* events of the step in progress */
 
@@ -94,7 +94,7 @@ static void fail_job(ts_worker *w, uint64_t job, const char *msg)
     collect(w, ev);
 }
 
-/* Loads one folder into the slot of its family (w->ar or w->masked). */
+/* Loads one folder into the slot of its family (w->ar, w->far or w->masked). */
 static int load_model(ts_worker *w, int index, ts_error *err)
 {
     const char *dir = w->model_dirs[index];
@@ -106,16 +106,19 @@ static int load_model(ts_worker *w, int index, ts_error *err)
         snprintf(msg, sizeof msg, "%s", err->msg);
         return ts_fail(err, rc, "%s: %s", dir, msg);
     }
-    if (m->family == TS_FAMILY_FQGAN) {   /* the CLI runs FQGAN; the scheduler not yet */
+    if (m->family == TS_FAMILY_FQGAN && !m->far) {
         ts_model_free(m);
-        return ts_fail(err, TS_ERR_CONFIG, "%s: FQGAN folders run with `tessera generate`; "
-                       "serving them is not supported yet", dir);
+        return ts_fail(err, TS_ERR_CONFIG, "%s: this FQGAN folder has no FAR generator (no "
+                       "\"gpt\" section: a decode-only tokenizer folder); serving needs one",
+                       dir);
     }
-    ts_model **slot = m->family == TS_FAMILY_MASKGEN ? &w->masked : &w->ar;
+    ts_model **slot = m->family == TS_FAMILY_MASKGEN ? &w->masked
+                      : m->family == TS_FAMILY_FQGAN ? &w->far : &w->ar;
     if (*slot) {
         ts_fail(err, TS_ERR_CONFIG, "%s and %s are both %s folders: serve at most one model of "
-                "each family (one LlamaGen, one MaskGen)", (*slot)->dir, dir,
-                m->family == TS_FAMILY_MASKGEN ? "MaskGen" : "LlamaGen");
+                "each family (one LlamaGen, one FQGAN, one MaskGen)", (*slot)->dir, dir,
+                m->family == TS_FAMILY_MASKGEN ? "MaskGen"
+                : m->family == TS_FAMILY_FQGAN ? "FQGAN" : "LlamaGen");
         ts_model_free(m);
         return TS_ERR_CONFIG;
     }
@@ -177,51 +180,119 @@ out:
     return rc;
 }
 
-/* Sizes and makes the AR model's KV cache; fills the KV fields of info. */
-static int make_kv(ts_worker *w, ts_model_info *i, ts_error *err)
-{
-    const llamagen_config *c = &w->ar->gpt->cfg;
-    int bs = TS_SCHED_KV_BLOCK;
-    size_t block_bytes = ts_kv_block_bytes(c->n_layer, c->n_kv_head, c->head_dim, bs,
-                                           ts_backend_kv_elem_bytes(w->be));
-    int per_image = ts_sched_max_blocks_per_image(c, bs);
+/* One autoregressive model's KV cache, as planned by make_kvs. */
+typedef struct kv_plan {
+    ts_model *m;
+    ts_kv_cache **out;
+    ts_model_info *info;
+    const llamagen_config *c;   /* LlamaGen's GPT or FAR's trunk */
+    int extra;                  /* blocks beside the images': LlamaGen's null prefix */
+    size_t block_bytes;
+    int per_image;
     long n_blocks;
+} kv_plan;
+
+/* Splits bytes between the plans in proportion to one image's KV bytes of each (so
+ * that each holds about the same number of images). */
+static void kv_split(kv_plan *p, int n, size_t bytes)
+{
+    double per_image_all = 0;
+    for (int i = 0; i < n; i++) per_image_all += (double)p[i].per_image * p[i].block_bytes;
+    for (int i = 0; i < n; i++) {
+        double share = (double)bytes * ((double)p[i].per_image * p[i].block_bytes / per_image_all);
+        p[i].n_blocks = (long)(share / (double)p[i].block_bytes);
+    }
+}
+
+/* The least byte count that kv_split turns into at least one image (and the extra
+ * blocks) in every plan. */
+static size_t kv_min_bytes(const kv_plan *p, int n)
+{
+    double per_image_all = 0, need = 0;
+    for (int i = 0; i < n; i++) per_image_all += (double)p[i].per_image * p[i].block_bytes;
+    for (int i = 0; i < n; i++) {
+        double want = (double)(p[i].per_image + p[i].extra) * p[i].block_bytes;
+        double total = want * per_image_all / ((double)p[i].per_image * p[i].block_bytes);
+        if (total > need) need = total;
+    }
+    return (size_t)need + 1;
+}
+
+static const char *plan_family(const kv_plan *p)
+{
+    return p->m->family == TS_FAMILY_FQGAN ? "FQGAN" : "LlamaGen";
+}
+
+/* Sizes and makes the KV caches of the autoregressive models (LlamaGen's, FAR's);
+ * fills the KV fields of their infos. */
+static int make_kvs(ts_worker *w, kv_plan *p, int n, ts_error *err)
+{
+    if (!n) return 0;
+    int bs = TS_SCHED_KV_BLOCK;
+    for (int i = 0; i < n; i++) {
+        const llamagen_config *c = p[i].c;
+        p[i].block_bytes = ts_kv_block_bytes(c->n_layer, c->n_kv_head, c->head_dim, bs,
+                                             ts_backend_kv_elem_bytes(w->be));
+        p[i].per_image = ts_sched_max_blocks_per_image(c, bs);
+    }
     if (w->cfg.kv_memory) {
-        n_blocks = (long)(w->cfg.kv_memory / block_bytes);
-        if (n_blocks < per_image + 1)
-            return ts_fail(err, TS_ERR_INVALID,
-                           "--kv-memory %zu bytes holds %ld KV blocks of %zu bytes; one image "
-                           "with CFG needs %d (plus 1 shared): give at least %zu bytes",
-                           w->cfg.kv_memory, n_blocks, block_bytes, per_image,
-                           (size_t)(per_image + 1) * block_bytes);
+        kv_split(p, n, w->cfg.kv_memory);
+        for (int i = 0; i < n; i++)
+            if (p[i].n_blocks < p[i].per_image + p[i].extra) {
+                if (n == 1)
+                    return ts_fail(err, TS_ERR_INVALID,
+                                   "--kv-memory %zu bytes holds %ld KV blocks of %zu bytes; one "
+                                   "image with CFG needs %d%s: give at least %zu bytes",
+                                   w->cfg.kv_memory, p[i].n_blocks, p[i].block_bytes,
+                                   p[i].per_image, p[i].extra ? " (plus 1 shared)" : "",
+                                   (size_t)(p[i].per_image + p[i].extra) * p[i].block_bytes);
+                return ts_fail(err, TS_ERR_INVALID,
+                               "--kv-memory %zu bytes, split between the LlamaGen and FQGAN "
+                               "caches, gives the %s model %ld KV blocks of %zu bytes; one image "
+                               "with CFG needs %d%s: give at least %zu bytes",
+                               w->cfg.kv_memory, plan_family(&p[i]), p[i].n_blocks,
+                               p[i].block_bytes, p[i].per_image,
+                               p[i].extra ? " (plus 1 shared)" : "", kv_min_bytes(p, n));
+            }
     } else {
-        n_blocks = (long)per_image * w->cfg.sched.max_batch + 1;
+        double want = 0;
+        for (int i = 0; i < n; i++) {
+            p[i].n_blocks = (long)p[i].per_image * w->cfg.sched.max_batch + p[i].extra;
+            want += (double)p[i].n_blocks * p[i].block_bytes;
+        }
         /* On a device with a known memory size, keep within 90% of what the weights left;
-         * the rest is for activations and the VQ decoder. */
+         * the rest is for activations and the VQ decoders. */
         size_t free_b, total_b;
         if (ts_be_mem_info(w->be, &free_b, &total_b) == 0) {
-            long fit = (long)(free_b / 10 * 9 / block_bytes);
-            if (fit < per_image + 1)
-                return ts_fail(err, TS_ERR_NOMEM,
-                               "%s: after the weights, %zu MiB of device memory is free, less "
-                               "than one image's KV blocks need (%zu MiB)", ts_backend_describe(w->be),
-                               free_b >> 20, ((size_t)(per_image + 1) * block_bytes) >> 20);
-            if (fit < n_blocks) {
-                fprintf(stderr, "tessera: notice: device memory holds KV blocks for %ld of the "
-                                "%d images of --max-batch\n", (fit - 1) / per_image,
-                        w->cfg.sched.max_batch);
-                n_blocks = fit;
+            size_t fit = free_b / 10 * 9;
+            if ((double)fit < want) {
+                if (fit < kv_min_bytes(p, n))
+                    return ts_fail(err, TS_ERR_NOMEM,
+                                   "%s: after the weights, %zu MiB of device memory is free, less "
+                                   "than one image's KV blocks need (%zu MiB)",
+                                   ts_backend_describe(w->be), free_b >> 20,
+                                   kv_min_bytes(p, n) >> 20);
+                kv_split(p, n, fit);
+                for (int i = 0; i < n; i++)
+                    fprintf(stderr, "tessera: notice: device memory holds KV blocks for %ld of "
+                                    "the %d images of --max-batch (%s)\n",
+                            (p[i].n_blocks - p[i].extra) / p[i].per_image,
+                            w->cfg.sched.max_batch, p[i].m->name);
             }
         }
     }
-    if (n_blocks > (1L << 30)) n_blocks = 1L << 30;
-    int rc = ts_kv_cache_create(w->be, c->n_layer, c->n_kv_head, c->head_dim, bs, (int)n_blocks,
-                                &w->kv, err);
-    if (rc) return rc;
-    i->kv_blocks = (int)n_blocks;
-    i->kv_block_size = bs;
-    i->kv_bytes = (size_t)n_blocks * block_bytes;
-    i->blocks_per_image = per_image;
+    for (int i = 0; i < n; i++) {
+        const llamagen_config *c = p[i].c;
+        if (p[i].n_blocks > (1L << 30)) p[i].n_blocks = 1L << 30;
+        int rc = ts_kv_cache_create(w->be, c->n_layer, c->n_kv_head, c->head_dim, bs,
+                                    (int)p[i].n_blocks, p[i].out, err);
+        if (rc) return rc;
+        ts_model_info *inf = p[i].info;
+        inf->kv_blocks = (int)p[i].n_blocks;
+        inf->kv_block_size = bs;
+        inf->kv_bytes = (size_t)p[i].n_blocks * p[i].block_bytes;
+        inf->blocks_per_image = p[i].per_image;
+    }
     return 0;
 }
 
@@ -232,28 +303,43 @@ static int arg_index(ts_worker *w, const ts_model *m)
     return 0;
 }
 
+/* Fills the info of a class-conditional model (LlamaGen or FQGAN). */
+static void c2i_info(ts_worker *w, ts_model *m, ts_model_info *i, const char *device)
+{
+    const llamagen_config *c = ts_model_c2i_config(m);
+    int far = m->family == TS_FAMILY_FQGAN;
+    snprintf(i->name, sizeof i->name, "%s", m->name);
+    snprintf(i->family, sizeof i->family, "%s", far ? "fqgan" : "llamagen");
+    i->job_family = far ? TS_JOB_FAR : TS_JOB_AR;
+    i->arg_index = arg_index(w, m);
+    i->image_size = m->image_size;
+    i->num_classes = c->num_classes;
+    i->vocab_size = c->vocab_size;
+    i->n_tokens = c->block_size;
+    i->n_sub = ts_model_n_sub(m);
+    snprintf(i->device, sizeof i->device, "%s", device);
+}
+
 static int load(ts_worker *w, ts_error *err)
 {
     int rc;
     if (!(w->be = ts_backend_create(w->cfg.device, w->cfg.n_threads, err))) return err->code;
     for (int k = 0; k < w->cfg.n_models; k++)
         if ((rc = load_model(w, k, err))) return rc;
-    /* Everything but the KV cache first, so that the cache takes what is left. */
+    /* Everything but the KV caches first, so that the caches take what is left. */
     if ((rc = warm_masked(w, err))) return rc;
     const char *device = ts_backend_describe(w->be);
+    kv_plan plans[2];
+    int n_plans = 0;
     if (w->ar) {
         ts_model_info *i = &w->info[w->n_info++];
-        const llamagen_config *c = &w->ar->gpt->cfg;
-        snprintf(i->name, sizeof i->name, "%s", w->ar->name);
-        snprintf(i->family, sizeof i->family, "llamagen");
-        i->job_family = TS_JOB_AR;
-        i->arg_index = arg_index(w, w->ar);
-        i->image_size = w->ar->image_size;
-        i->num_classes = c->num_classes;
-        i->vocab_size = c->vocab_size;
-        i->n_tokens = c->block_size;
-        snprintf(i->device, sizeof i->device, "%s", device);
-        if ((rc = make_kv(w, i, err))) return rc;
+        c2i_info(w, w->ar, i, device);
+        plans[n_plans++] = (kv_plan){w->ar, &w->kv, i, &w->ar->gpt->cfg, 1, 0, 0, 0};
+    }
+    if (w->far) {
+        ts_model_info *i = &w->info[w->n_info++];
+        c2i_info(w, w->far, i, device);
+        plans[n_plans++] = (kv_plan){w->far, &w->far_kv, i, &w->far->far->cfg.trunk, 0, 0, 0, 0};
     }
     if (w->masked) {
         ts_model_info *i = &w->info[w->n_info++];
@@ -264,6 +350,7 @@ static int load(ts_worker *w, ts_error *err)
         i->arg_index = arg_index(w, w->masked);
         i->image_size = w->masked->image_size;
         i->n_tokens = gc->num_tokens;
+        i->n_sub = 1;
         i->codebook_size = gc->codebook_size;
         i->max_prompt_bytes = TS_SCHED_MAX_PROMPT;
         i->defaults = (ts_mask_params){gc->sampling.steps, gc->sampling.guidance,
@@ -271,11 +358,14 @@ static int load(ts_worker *w, ts_error *err)
                                        gc->sampling.aesthetic, 0};
         snprintf(i->device, sizeof i->device, "%s", device);
     }
-    if (w->n_info == 2 && strcmp(w->info[0].name, w->info[1].name) == 0)
-        return ts_fail(err, TS_ERR_CONFIG, "both models are named \"%s\": give one a different "
-                       "\"name\" in its config.json, since requests choose a model by name",
-                       w->info[0].name);
-    ts_sched_models models = {w->ar, w->kv, w->masked};
+    for (int a = 0; a < w->n_info; a++)
+        for (int b = a + 1; b < w->n_info; b++)
+            if (strcmp(w->info[a].name, w->info[b].name) == 0)
+                return ts_fail(err, TS_ERR_CONFIG, "two models are named \"%s\": give one a "
+                               "different \"name\" in its config.json, since requests choose a "
+                               "model by name", w->info[a].name);
+    if ((rc = make_kvs(w, plans, n_plans, err))) return rc;
+    ts_sched_models models = {w->ar, w->kv, w->masked, w->far, w->far_kv};
     return ts_sched_create(&models, &w->cfg.sched, collect, w, &w->sched, err);
 }
 
@@ -285,7 +375,7 @@ static void record_step(ts_worker *w, double seconds)
     ts_sched_get_stats(w->sched, &ss);
     pthread_mutex_lock(&w->mu);
     ts_worker_stats *st = &w->stats;
-    uint64_t before = st->sched.forward_passes;
+    uint64_t before = st->sched.forward_passes, far_before = st->sched.far.forward_passes;
     st->sched = ss;
     st->steps++;
     ts_hist_seconds_observe(st->step_time_hist, &st->step_time_sum, seconds);
@@ -295,6 +385,12 @@ static void record_step(ts_worker *w, double seconds)
         for (int b = 0; b < TS_BATCH_BUCKETS; b++)
             if (b == TS_BATCH_BUCKETS - 1 || n <= ts_batch_bounds[b]) st->batch_hist[b]++;
     }
+    if (ss.far.forward_passes > far_before) {
+        int n = ss.far.last_batch_images;
+        st->far_batch_sum += (uint64_t)n;
+        for (int b = 0; b < TS_BATCH_BUCKETS; b++)
+            if (b == TS_BATCH_BUCKETS - 1 || n <= ts_batch_bounds[b]) st->far_batch_hist[b]++;
+    }
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -303,10 +399,12 @@ static void unload(ts_worker *w)
     ts_sched_free(w->sched);
     w->sched = NULL;
     ts_kv_cache_destroy(w->kv);
-    w->kv = NULL;
+    ts_kv_cache_destroy(w->far_kv);
+    w->kv = w->far_kv = NULL;
     ts_model_free(w->ar);
+    ts_model_free(w->far);
     ts_model_free(w->masked);
-    w->ar = w->masked = NULL;
+    w->ar = w->far = w->masked = NULL;
     ts_backend_free(w->be);
     w->be = NULL;
 }

@@ -1,6 +1,14 @@
-/* worker.h - the engine thread: loads the models (at most one LlamaGen and one MaskGen
- * folder, on one backend), owns the backend, the KV cache (for the LlamaGen model
- * only) and the scheduler, and runs scheduler steps while there is work.
+/* worker.h - the engine thread: loads the models (at most one LlamaGen, one FQGAN and
+ * one MaskGen folder, on one backend), owns the backend, the KV caches (one for the
+ * LlamaGen model, one for the FQGAN model's FAR trunk; MaskGen keeps none) and the
+ * scheduler, and runs scheduler steps while there is work.
+ *
+ * KV sizing: each autoregressive model gets its own cache. Without kv_memory, each
+ * holds max_batch images with CFG on every step (LlamaGen: plus its shared null-class
+ * block); on a device with a known memory size the caches together stay within 90% of
+ * the memory the weights left, split like kv_memory. kv_memory is the total for all
+ * caches: with both models it is split in proportion to one image's KV bytes of each,
+ * so that both hold about the same number of images.
  *
  * Other threads talk to it only through this interface: submissions and cancels go in
  * through a mutex-protected inbox, events come out through an outbox, and after every
@@ -16,15 +24,16 @@
 
 #include "scheduler/scheduler.h"
 
-/* Model folders one server loads: one per family. */
-#define TS_WORKER_MAX_MODELS 2
+/* Model folders one server loads: one per family (LlamaGen, FQGAN, MaskGen). */
+#define TS_WORKER_MAX_MODELS 3
 
 typedef struct ts_worker_config {
     const char *model_dirs[TS_WORKER_MAX_MODELS];   /* copied at start */
     int n_models;               /* 1..TS_WORKER_MAX_MODELS */
     const char *device;         /* ts_backend_create's name: cpu, cuda or auto (NULL: cpu) */
     int n_threads;              /* CPU backend threads; <= 0: all cores */
-    size_t kv_memory;           /* bytes for KV blocks; 0: enough for max_batch images */
+    size_t kv_memory;           /* bytes for KV blocks, all caches together; 0: enough
+                                   for max_batch images in each (see above) */
     ts_sched_config sched;
 } ts_worker_config;
 
@@ -38,12 +47,14 @@ typedef enum ts_worker_state {
 /* What a loaded model is; fixed once the worker is ready. */
 typedef struct ts_model_info {
     char name[128];
-    char family[32];            /* "llamagen" or "maskgen" */
+    char family[32];            /* "llamagen", "fqgan" or "maskgen" */
     ts_job_family job_family;   /* the requests it runs */
     int arg_index;              /* its place in ts_worker_config.model_dirs */
     int image_size;
-    int n_tokens;               /* tokens per image (AR: also the steps) */
-    /* LlamaGen */
+    int n_tokens;               /* tokens per image (LlamaGen: also the steps; FQGAN:
+                                   positions, the steps, each n_sub ids) */
+    int n_sub;                  /* ids per position: FQGAN's k, else 1 */
+    /* LlamaGen and FQGAN */
     int num_classes;
     int vocab_size;
     int kv_blocks;
@@ -74,6 +85,8 @@ typedef struct ts_worker_stats {
     double step_time_sum;
     uint64_t batch_hist[TS_BATCH_BUCKETS];          /* images per AR forward, cumulative */
     uint64_t batch_sum;
+    uint64_t far_batch_hist[TS_BATCH_BUCKETS];      /* images per FAR trunk step */
+    uint64_t far_batch_sum;
 } ts_worker_stats;
 
 typedef struct ts_worker ts_worker;
@@ -85,7 +98,7 @@ int ts_worker_start(const ts_worker_config *cfg, void (*notify)(void *), void *c
 
 ts_worker_state ts_worker_get_state(ts_worker *w);
 const char *ts_worker_error(ts_worker *w);          /* the load failure, when FAILED */
-/* The loaded models (valid once READY), LlamaGen first when there is one. */
+/* The loaded models (valid once READY): LlamaGen, FQGAN, MaskGen, those present. */
 int ts_worker_n_models(ts_worker *w);
 const ts_model_info *ts_worker_info(ts_worker *w, int i);
 /* The model that runs requests of family, or NULL (valid once READY). */

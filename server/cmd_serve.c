@@ -28,26 +28,28 @@ double server_now(void)
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: tessera serve --model DIR [--model DIR2] [options]\n"
+        "usage: tessera serve --model DIR [--model DIR2 [--model DIR3]] [options]\n"
         "\n"
         "Serves the models over HTTP (API: docs/api.md; web page at /).\n"
         "\n"
-        "  --model DIR          model folder holding config.json (required); give it twice\n"
-        "                       to serve a LlamaGen (class-conditional) and a MaskGen\n"
-        "                       (text-to-image) folder side by side, stepped together.\n"
-        "                       Requests pick one with \"model\"; else \"class\" goes to\n"
-        "                       LlamaGen and \"prompt\" to MaskGen\n"
+        "  --model DIR          model folder holding config.json (required); give it up to\n"
+        "                       three times to serve a LlamaGen and an FQGAN (class-\n"
+        "                       conditional) and a MaskGen (text-to-image) folder side by\n"
+        "                       side, stepped together. Requests pick one with \"model\";\n"
+        "                       else \"class\" goes to LlamaGen (FQGAN when it is the only\n"
+        "                       class-conditional model) and \"prompt\" to MaskGen\n"
         "  --host ADDR          address to listen on (default 127.0.0.1)\n"
         "  --port N             port (default 8080)\n"
-        "  --max-batch N        images stepped together, of both models (default 16)\n"
-        "  --kv-memory BYTES    KV cache size (LlamaGen only), suffixes K/M/G allowed\n"
-        "                       (default: enough for --max-batch images of the model; on a\n"
-        "                       GPU at most 90%% of the memory left free after loading the\n"
-        "                       weights)\n"
+        "  --max-batch N        images stepped together, of all models (default 16)\n"
+        "  --kv-memory BYTES    KV cache size, suffixes K/M/G allowed: LlamaGen's, or with\n"
+        "                       an FQGAN model too the total, split between the two in\n"
+        "                       proportion to one image's KV bytes of each (default: each\n"
+        "                       holds --max-batch images; on a GPU together at most 90%% of\n"
+        "                       the memory left free after loading the weights)\n"
         "  --queue-limit N      requests waiting beyond the batch before 429 (default 64)\n"
         "  --api-key-file F     require `Authorization: Bearer KEY`, one key per line of F\n"
-        "  --preview-every N    streamed LlamaGen requests get a preview every N tokens\n"
-        "                       (default 32; 0 = none)\n"
+        "  --preview-every N    streamed LlamaGen requests get a preview every N tokens,\n"
+        "                       FQGAN ones every N positions (default 32; 0 = none)\n"
         "  --masked-preview-every N  streamed MaskGen requests get a preview every N\n"
         "                       steps (default 1: after each step; 0 = none)\n"
         "  --threads N          CPU backend threads (default: all cores)\n"
@@ -111,6 +113,16 @@ static int load_keys(server *s, const char *path)
 static void maybe_stop(server *s);
 static void close_all(server *s);
 
+/* A class-conditional model's classes.txt (none: ids only). */
+static void load_classes(server *s, const ts_model_info *m, ts_class_table *t)
+{
+    ts_error err = {0};
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/classes.txt", s->opt.model_dirs[m->arg_index]);
+    if (ts_classes_load(path, m->num_classes, t, &err))
+        fprintf(stderr, "tessera serve: %s; prompts for %s must be class ids\n", err.msg, m->name);
+}
+
 static void on_wake(uv_async_t *a)
 {
     server *s = a->data;
@@ -118,17 +130,14 @@ static void on_wake(uv_async_t *a)
     if (st == TS_WORKER_READY && !s->ready_seen) {
         s->ready_seen = 1;
         const ts_model_info *ar = ts_worker_model(s->worker, TS_JOB_AR);
+        const ts_model_info *far = ts_worker_model(s->worker, TS_JOB_FAR);
         const ts_model_info *mg = ts_worker_model(s->worker, TS_JOB_MASKED);
         s->limits = (ts_api_limits){.max_n = s->opt.max_batch < TS_API_MAX_N ? s->opt.max_batch
                                                                            : TS_API_MAX_N,
                                     .preview_every = s->opt.preview_every,
                                     .masked_preview_every = s->opt.masked_preview_every};
         if (ar) {
-            ts_error err = {0};
-            char path[PATH_MAX];
-            snprintf(path, sizeof path, "%s/classes.txt", s->opt.model_dirs[ar->arg_index]);
-            if (ts_classes_load(path, ar->num_classes, &s->classes, &err))
-                fprintf(stderr, "tessera serve: %s; prompts must be class ids\n", err.msg);
+            load_classes(s, ar, &s->classes);
             s->limits.ar = (ts_api_model){1, ar->name, ar->image_size, ar->n_tokens,
                                           ar->num_classes, ar->vocab_size, &s->classes, {0}};
             fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV "
@@ -136,6 +145,18 @@ static void on_wake(uv_async_t *a)
                     ar->name, ar->image_size, ar->image_size, ar->n_tokens, ar->kv_blocks,
                     (double)ar->kv_bytes / (1 << 20), ar->blocks_per_image, s->opt.max_batch,
                     s->classes.n, ar->device);
+        }
+        if (far) {
+            load_classes(s, far, &s->far_classes);
+            s->limits.far = (ts_api_model){1, far->name, far->image_size, far->n_tokens,
+                                           far->num_classes, far->vocab_size, &s->far_classes,
+                                           {0}};
+            fprintf(stderr, "tessera serve: ready: %s (fqgan), %dx%d px, %d positions x %d "
+                            "sub-tokens per image, %d KV blocks (%.1f MiB, %d per image), batch "
+                            "%d, %d class names, on %s\n",
+                    far->name, far->image_size, far->image_size, far->n_tokens, far->n_sub,
+                    far->kv_blocks, (double)far->kv_bytes / (1 << 20), far->blocks_per_image,
+                    s->opt.max_batch, s->far_classes.n, far->device);
         }
         if (mg) {
             s->limits.masked = (ts_api_model){1, mg->name, mg->image_size, mg->n_tokens, 0, 0,
@@ -257,7 +278,7 @@ int cmd_serve(int argc, char **argv)
         case O_MODEL:
             if (o.n_models == TS_WORKER_MAX_MODELS) {
                 fprintf(stderr, "tessera serve: at most %d --model folders (one LlamaGen, one "
-                        "MaskGen)\n", TS_WORKER_MAX_MODELS);
+                        "FQGAN, one MaskGen)\n", TS_WORKER_MAX_MODELS);
                 return 2;
             }
             o.model_dirs[o.n_models++] = optarg;
@@ -330,10 +351,13 @@ int cmd_serve(int argc, char **argv)
         fprintf(stderr, "tessera serve: %s\n", err.msg);
         goto out;
     }
-    fprintf(stderr, "tessera serve: listening on http://%s:%d/ (loading %s%s%s)\n", o.host, o.port,
-            o.model_dirs[0], o.n_models > 1 ? " and " : "", o.n_models > 1 ? o.model_dirs[1] : "");
-    ts_worker_config wc = {{o.model_dirs[0], o.model_dirs[1]}, o.n_models, o.device, o.threads,
-                           o.kv_memory, {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
+    fprintf(stderr, "tessera serve: listening on http://%s:%d/ (loading %s%s%s%s%s)\n", o.host,
+            o.port, o.model_dirs[0], o.n_models > 2 ? ", " : o.n_models > 1 ? " and " : "",
+            o.n_models > 1 ? o.model_dirs[1] : "", o.n_models > 2 ? " and " : "",
+            o.n_models > 2 ? o.model_dirs[2] : "");
+    ts_worker_config wc = {{o.model_dirs[0], o.model_dirs[1], o.model_dirs[2]}, o.n_models,
+                           o.device, o.threads, o.kv_memory,
+                           {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
     if (ts_worker_start(&wc, notify, &s.wake, &s.worker, &err)) {
         fprintf(stderr, "tessera serve: %s\n", err.msg);
         http_stop(&s);
@@ -346,6 +370,7 @@ out:
     if (s.worker) ts_worker_free(s.worker);
     while (s.jobs) jobs_forget(&s, s.jobs);
     ts_classes_free(&s.classes);
+    ts_classes_free(&s.far_classes);
     for (int i = 0; i < s.n_api_keys; i++) free(s.api_keys[i]);
     free(s.api_keys);
     if (!s.stopping) {

@@ -40,7 +40,9 @@ job *jobs_create(server *s, job_kind kind, ts_api_kind api, const ts_gen_request
     j->api = api;
     j->req = *req;
     j->state = JOB_QUEUED;
-    j->total = req->spec.family == TS_JOB_MASKED ? req->spec.mask.steps : s->limits.ar.n_tokens;
+    j->total = req->spec.family == TS_JOB_MASKED
+                   ? req->spec.mask.steps
+                   : ts_api_model_of(&s->limits, req->spec.family)->n_tokens;
     j->created = server_now();
     j->created_unix = (long long)time(NULL);
     j->next = s->jobs;

@@ -87,6 +87,26 @@ char *metrics_render(server *s)
     put(&b, "tessera_forward_passes_total %llu\n", (unsigned long long)st->forward_passes);
     head(&b, "tessera_sequences_stepped_total", "counter", "sequences summed over autoregressive forwards");
     put(&b, "tessera_sequences_stepped_total %llu\n", (unsigned long long)st->rows_total);
+    const ts_sched_lane_stats *far = &st->far;
+    head(&b, "tessera_far_kv_blocks_total", "gauge", "FQGAN (FAR trunk) KV cache blocks");
+    put(&b, "tessera_far_kv_blocks_total %d\n", far->kv_blocks_total);
+    head(&b, "tessera_far_kv_blocks_used", "gauge", "FAR KV blocks holding a sequence");
+    put(&b, "tessera_far_kv_blocks_used %d\n", far->kv_blocks_total - far->kv_blocks_free);
+    head(&b, "tessera_far_kv_blocks_free", "gauge", "FAR KV blocks on the free list");
+    put(&b, "tessera_far_kv_blocks_free %d\n", far->kv_blocks_free);
+    head(&b, "tessera_far_kv_blocks_reserved", "gauge",
+         "free FAR KV blocks promised to admitted requests");
+    put(&b, "tessera_far_kv_blocks_reserved %d\n", far->kv_blocks_reserved);
+    head(&b, "tessera_far_forward_passes_total", "counter",
+         "FAR steps: one batched trunk forward (then k head sub-steps) over every running FQGAN "
+         "sequence");
+    put(&b, "tessera_far_forward_passes_total %llu\n", (unsigned long long)far->forward_passes);
+    head(&b, "tessera_far_head_steps_total", "counter",
+         "FAR head sub-steps (k per FAR step), each followed by one sub-token draw per image");
+    put(&b, "tessera_far_head_steps_total %llu\n", (unsigned long long)far->head_steps);
+    head(&b, "tessera_far_sequences_stepped_total", "counter",
+         "sequences summed over FAR trunk forwards");
+    put(&b, "tessera_far_sequences_stepped_total %llu\n", (unsigned long long)far->rows_total);
     head(&b, "tessera_masked_forward_passes_total", "counter",
          "batched masked (MaskGen) steps: one generator forward over every running masked image");
     put(&b, "tessera_masked_forward_passes_total %llu\n", (unsigned long long)st->masked_passes);
@@ -100,7 +120,8 @@ char *metrics_render(server *s)
          "MaskGen prompt conditionings made (CLIP, once per admitted request)");
     put(&b, "tessera_prompts_encoded_total %llu\n", (unsigned long long)st->prompts_encoded);
 
-    head(&b, "tessera_batch_images", "histogram", "images (CFG pairs) per autoregressive forward");
+    head(&b, "tessera_batch_images", "histogram",
+         "images (CFG pairs) per autoregressive (LlamaGen) forward");
     for (int i = 0; i < TS_BATCH_BUCKETS - 1; i++)
         put(&b, "tessera_batch_images_bucket{le=\"%d\"} %llu\n", ts_batch_bounds[i],
             (unsigned long long)w.batch_hist[i]);
@@ -108,7 +129,16 @@ char *metrics_render(server *s)
     put(&b, "tessera_batch_images_bucket{le=\"+Inf\"} %llu\ntessera_batch_images_sum %llu\n"
             "tessera_batch_images_count %llu\n",
         (unsigned long long)nb, (unsigned long long)w.batch_sum, (unsigned long long)nb);
-    hist_seconds(&b, "tessera_step_seconds", "engine step time (forward, sampling, decodes)",
+    head(&b, "tessera_far_batch_images", "histogram", "images (CFG pairs) per FAR step");
+    for (int i = 0; i < TS_BATCH_BUCKETS - 1; i++)
+        put(&b, "tessera_far_batch_images_bucket{le=\"%d\"} %llu\n", ts_batch_bounds[i],
+            (unsigned long long)w.far_batch_hist[i]);
+    nb = w.far_batch_hist[TS_BATCH_BUCKETS - 1];
+    put(&b, "tessera_far_batch_images_bucket{le=\"+Inf\"} %llu\ntessera_far_batch_images_sum %llu\n"
+            "tessera_far_batch_images_count %llu\n",
+        (unsigned long long)nb, (unsigned long long)w.far_batch_sum, (unsigned long long)nb);
+    hist_seconds(&b, "tessera_step_seconds",
+                 "engine step time (LlamaGen forward, FAR step, masked step, sampling, decodes)",
                  w.step_time_hist, w.step_time_sum);
     hist_seconds(&b, "tessera_time_to_first_preview_seconds",
                  "from request arrival to its first streamed preview", s->m.ttfp_hist,
@@ -119,7 +149,8 @@ char *metrics_render(server *s)
     put(&b, "tessera_images_generated_total %llu\n", (unsigned long long)s->m.images_generated);
     head(&b, "tessera_previews_total", "counter", "preview decodes run by the engine");
     put(&b, "tessera_previews_total %llu\n", (unsigned long long)st->previews);
-    head(&b, "tessera_image_decodes_total", "counter", "image decodes (finals and previews) by decoder");
+    head(&b, "tessera_image_decodes_total", "counter",
+         "image decodes (finals and previews) by decoder (vq: LlamaGen's and FQGAN's)");
     put(&b, "tessera_image_decodes_total{decoder=\"vq\"} %llu\n", (unsigned long long)st->vq_decodes);
     put(&b, "tessera_image_decodes_total{decoder=\"titok\"} %llu\n",
         (unsigned long long)st->titok_decodes);

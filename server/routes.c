@@ -120,9 +120,15 @@ static json_t *model_json(server *s, const ts_model_info *i)
                           "owned_by", "tessera", "family", i->family, "image_size", i->image_size,
                           "tokens", i->n_tokens, "max_n", s->limits.max_n);
     if (!o) return NULL;
-    if (i->job_family == TS_JOB_AR) {
+    if (i->job_family == TS_JOB_AR || i->job_family == TS_JOB_FAR) {
+        const ts_class_table *t = ts_api_model_of(&s->limits, i->job_family)->classes;
+        if (i->job_family == TS_JOB_FAR) {   /* ids per image: positions x sub-tokens */
+            json_object_set_new(o, "tokens", json_integer((json_int_t)i->n_tokens * i->n_sub));
+            json_object_set_new(o, "positions", json_integer(i->n_tokens));
+            json_object_set_new(o, "sub_tokens", json_integer(i->n_sub));
+        }
         json_object_set_new(o, "num_classes", json_integer(i->num_classes));
-        json_object_set_new(o, "class_names", json_boolean(s->classes.n > 0));
+        json_object_set_new(o, "class_names", json_boolean(t && t->n > 0));
         json_object_set_new(o, "input", json_string("class"));
         json_object_set_new(o, "steps", json_integer(i->n_tokens));
         json_object_set_new(o, "defaults", json_pack("{s:f, s:f, s:i, s:f, s:f}", "cfg", 4.0,
@@ -156,17 +162,36 @@ static enum MHD_Result get_models(conn *c)
     return send_json(c, 200, ts_api_dump(json_pack("{s:s, s:o}", "object", "list", "data", arr)));
 }
 
+/* GET /v1/classes[?model=ID]: the classes of the named model (none for a MaskGen
+ * one), else of the default class model (LlamaGen, else FQGAN; none without either). */
 static enum MHD_Result get_classes(conn *c)
 {
     server *s = c->srv;
     if (!ready(s)) return not_ready(c);
+    const char *want = MHD_lookup_connection_value(c->mhd, MHD_GET_ARGUMENT_KIND, "model");
+    const ts_api_model *m = ts_api_default_class_model(&s->limits);
+    if (want) {
+        m = NULL;
+        static const ts_job_family families[] = {TS_JOB_AR, TS_JOB_FAR, TS_JOB_MASKED};
+        int found = 0;
+        for (int k = 0; k < 3 && !found; k++) {
+            const ts_api_model *x = ts_api_model_of(&s->limits, families[k]);
+            if (x->present && strcmp(x->name, want) == 0) {
+                found = 1;
+                if (families[k] != TS_JOB_MASKED) m = x;
+            }
+        }
+        if (!found)
+            return send_error(c, 404, "not_found", "model: no model \"%.80s\" on this server "
+                              "(see GET /v1/models)", want);
+    }
     json_t *arr = json_array();
-    int n = s->limits.ar.present ? s->limits.ar.num_classes : 0;   /* none without LlamaGen */
+    int n = m ? m->num_classes : 0;
     for (int i = 0; arr && i < n; i++) {
         char id[16];
         snprintf(id, sizeof id, "%d", i);
         json_array_append_new(arr, json_pack("{s:i, s:s}", "id", i, "name",
-                                             s->classes.n ? s->classes.names[i] : id));
+                                             m->classes->n ? m->classes->names[i] : id));
     }
     return send_json(c, 200, ts_api_dump(json_pack("{s:o}", "classes", arr)));
 }

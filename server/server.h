@@ -27,7 +27,7 @@ typedef struct serve_options {
     size_t kv_memory;
     int queue_limit;
     const char *api_key_file;
-    int preview_every;      /* LlamaGen: tokens between previews */
+    int preview_every;      /* LlamaGen: tokens between previews; FQGAN: positions */
     int masked_preview_every;   /* MaskGen: steps between previews */
     int threads;
     const char *device;     /* cpu, cuda or auto */
@@ -91,6 +91,7 @@ typedef struct server {
     ts_worker *worker;
     int ready_seen;              /* the models' limits are known */
     ts_class_table classes;      /* the LlamaGen model's (empty without one) */
+    ts_class_table far_classes;  /* the FQGAN model's (empty without one) */
     ts_api_limits limits;
     char **api_keys;
     int n_api_keys;

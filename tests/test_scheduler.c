@@ -8,7 +8,11 @@
  * next step, and every image equals the one the CLI's whole-batch generator makes
  * from the same seed, alone or batched. Masked (MaskGen) groups run beside
  * autoregressive ones, one masked step per engine step, under the same image budget,
- * and equal ts_masked_generate's images for the same seed.
+ * and equal ts_masked_generate's images for the same seed. FQGAN's FAR groups
+ * (tests/fixtures/fqgan_tiny: 16 positions x 2 sub-tokens, 32x32 px; fqgan_tiny3: x 3)
+ * run in their own lane and KV cache beside both, one trunk step + k head sub-steps
+ * per engine step, and equal ts_generate_far's (the CLI's) sub-tokens for the same
+ * seed, alone or batched with any family.
  */
 #include "tests/check_util.h"
 
@@ -22,6 +26,8 @@
 
 #define FIXTURE "tests/fixtures/llamagen_tiny"
 #define MG_FIXTURE "tests/fixtures/maskgen_tiny"
+#define FAR_FIXTURE "tests/fixtures/fqgan_tiny"
+#define FAR3_FIXTURE "tests/fixtures/fqgan_tiny3"
 #define MAX_EVENTS 4096
 
 /* ------------------------------------------------------------ block manager */
@@ -110,7 +116,9 @@ typedef struct rig {
     ts_backend *be;
     ts_model *m;               /* LlamaGen, or NULL */
     ts_model *mg;              /* MaskGen, or NULL */
+    ts_model *far;             /* FQGAN, or NULL */
     ts_kv_cache *kv;
+    ts_kv_cache *far_kv;
     ts_sched *s;
     sink k;
 } rig;
@@ -126,7 +134,7 @@ static void rig_open(rig *r, int max_batch, int kv_blocks, int previews)
     ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, kv_blocks,
                                 &r->kv, &err), err);
     ts_sched_config sc = {max_batch, 2, previews};
-    ts_sched_models mods = {r->m, r->kv, NULL};
+    ts_sched_models mods = {r->m, r->kv, NULL, NULL, NULL};
     ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
 
@@ -135,8 +143,10 @@ static void rig_close(rig *r)
     for (int i = 0; i < r->k.n; i++) ts_event_free(r->k.ev[i]);
     ts_sched_free(r->s);
     ts_kv_cache_destroy(r->kv);
+    ts_kv_cache_destroy(r->far_kv);
     ts_model_free(r->m);
     ts_model_free(r->mg);
+    ts_model_free(r->far);
     ts_backend_free(r->be);
 }
 
@@ -381,7 +391,7 @@ static void rig_open_masked(rig *r, int with_ar, int max_batch, int previews)
                                     &err), err);
     }
     ts_sched_config sc = {max_batch, 2, previews};
-    ts_sched_models mods = {r->m, r->kv, r->mg};
+    ts_sched_models mods = {r->m, r->kv, r->mg, NULL, NULL};
     ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
 
@@ -674,6 +684,340 @@ START_TEST(test_masked_previews)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------ FAR (FQGAN) groups */
+
+static int have_fixture(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (access(path, R_OK) == 0) return 1;
+    fprintf(stderr, "test_scheduler: skipped (%s is absent)\n", dir);
+    return 0;
+}
+
+/* A rig with the FQGAN fixture far_dir (its own KV cache of far_blocks blocks), and the
+ * LlamaGen and MaskGen fixtures too when with_ar / with_mg. */
+static void rig_open_far(rig *r, const char *far_dir, int with_ar, int with_mg, int max_batch,
+                         int far_blocks, int previews)
+{
+    ts_error err = {0};
+    memset(r, 0, sizeof *r);
+    r->be = ts_backend_cpu_create(2, &err);
+    ck_assert_ptr_nonnull(r->be);
+    ts_ck_ok(ts_model_load(r->be, far_dir, &r->far, &err), err);
+    ck_assert_int_eq(r->far->family, TS_FAMILY_FQGAN);
+    const llamagen_config *fc = ts_model_c2i_config(r->far);
+    ts_ck_ok(ts_kv_cache_create(r->be, fc->n_layer, fc->n_kv_head, fc->head_dim, 16, far_blocks,
+                                &r->far_kv, &err), err);
+    if (with_ar) {
+        ts_ck_ok(ts_model_load(r->be, FIXTURE, &r->m, &err), err);
+        const llamagen_config *c = &r->m->gpt->cfg;
+        ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, 64, &r->kv,
+                                    &err), err);
+    }
+    if (with_mg) ts_ck_ok(ts_model_load(r->be, MG_FIXTURE, &r->mg, &err), err);
+    ts_sched_config sc = {max_batch, 2, previews};
+    ts_sched_models mods = {r->m, r->kv, r->mg, r->far, r->far_kv};
+    ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
+}
+
+static ts_job_spec far_spec(int n, int cls, uint64_t seed, float cfg, float interval)
+{
+    ts_job_spec s = spec_of(n, cls, seed, cfg, interval);
+    s.family = TS_JOB_FAR;
+    return s;
+}
+
+static int far_L(const rig *r) { return ts_model_c2i_config(r->far)->block_size; }
+static int far_k(const rig *r) { return ts_model_n_sub(r->far); }
+
+/* The reference: ts_generate_far (the CLI's whole-batch loop), image alone:
+ * [L][k] sub-tokens, the CLI's --tokens-out order. */
+static void far_reference(rig *r, const ts_job_spec *s, int image, int32_t *out)
+{
+    ts_gen_params p = s->params;
+    p.seed += (uint64_t)image;
+    ts_error err = {0};
+    ts_ck_ok(ts_generate_far(r->far, &p, &s->class_id, 1, out, NULL, NULL, &err), err);
+}
+
+/* Every image of a FAR job: L progress events, block_size * k tokens equal to the
+ * reference, in range, and its pixels the VQ decode of those tokens. */
+static void check_far_job(rig *r, uint64_t job, const ts_job_spec *s)
+{
+    int L = far_L(r), k = far_k(r), n = L * k, px = r->far->image_size;
+    int V = ts_model_c2i_config(r->far)->vocab_size;
+    int32_t *want = malloc((size_t)n * sizeof *want);
+    uint8_t *rgb = malloc((size_t)px * px * 3);
+    ts_error err = {0};
+    ck_assert_ptr_nonnull(find_event(r, job, TS_EV_DONE, 0));
+    ck_assert_int_eq(count_events(r, job, TS_EV_PROGRESS), L);
+    for (int i = 0; i < s->n_images; i++) {
+        const ts_event *img = find_event(r, job, TS_EV_IMAGE, i);
+        ck_assert_ptr_nonnull(img);
+        ck_assert_int_eq(img->width, px);
+        ck_assert_int_eq(img->total, n);
+        far_reference(r, s, i, want);
+        for (int q = 0; q < n; q++) ck_assert(img->tokens[q] >= 0 && img->tokens[q] < V);
+        ck_assert_msg(memcmp(img->tokens, want, (size_t)n * sizeof *want) == 0,
+                      "FAR job %d image %d differs from the CLI's for the same seed", (int)job, i);
+        ts_ck_ok(vq_decode(r->far->vq, want, 1, ts_model_c2i_config(r->far)->grid, rgb, NULL,
+                           &err), err);
+        ck_assert_msg(memcmp(img->rgb, rgb, (size_t)px * px * 3) == 0,
+                      "FAR job %d image %d: pixels differ from the decode of its tokens",
+                      (int)job, i);
+    }
+    free(want);
+    free(rgb);
+}
+
+/* Requests of every CFG shape, two now and two joining later, on each FAR fixture:
+ * each image equals the CLI's alone. */
+START_TEST(test_far_batched_equals_alone)
+{
+    const char *dir = _i == 0 ? FAR_FIXTURE : FAR3_FIXTURE;
+    if (!have_fixture(dir)) return;
+    rig r;
+    rig_open_far(&r, dir, 0, 0, 8, 64, 0);
+    int L = far_L(&r), k = far_k(&r);
+    ck_assert_int_eq(k, _i == 0 ? 2 : 3);
+    int nc = ts_model_c2i_config(r.far)->num_classes;
+    ts_job_spec specs[4] = {far_spec(1, 3 % nc, 11, 4.0f, -1.0f), far_spec(2, 4 % nc, 22, 4.0f, -1.0f),
+                            far_spec(1, 2, 33, 1.0f, -1.0f), far_spec(2, 1, 44, 2.0f, 0.0f)};
+    ts_error err = {0};
+    ck_assert_int_eq(ts_sched_blocks_per_image(r.s, &specs[0]), 2);
+    ck_assert_int_eq(ts_sched_blocks_per_image(r.s, &specs[2]), 1);   /* no CFG: cond only */
+    ck_assert_int_eq(ts_sched_blocks_per_image(r.s, &specs[3]), 2);   /* uncond's own prefill */
+    ts_ck_ok(ts_sched_add(r.s, 1, &specs[0], &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &specs[1], &err), err);
+    for (int i = 0; i < 5; i++) ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.far.last_batch_images, 3);
+    ck_assert_int_eq(st.far.last_batch_rows, 6);
+    ck_assert_int_eq(st.far.kv_blocks_reserved + st.far.kv_blocks_total - st.far.kv_blocks_free,
+                     3 * 2);
+    ts_ck_ok(ts_sched_add(r.s, 3, &specs[2], &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 4, &specs[3], &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_get_stats(r.s, &st);
+    /* Jobs 1 and 2's three pairs, job 3's lone cond row (CFG off) and job 4's two
+     * pairs, whose uncond rows run their own class prefill beside the cond ones. */
+    ck_assert_int_eq(st.far.last_batch_images, 6);
+    ck_assert_int_eq(st.far.last_batch_rows, 3 * 2 + 1 + 2 * 2);
+    run_until_idle(&r, 200);
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq((int)st.far.forward_passes, 5 + L);
+    ck_assert_int_eq((int)st.far.head_steps, k * (5 + L));
+    ck_assert_int_eq(st.far.kv_blocks_free, st.far.kv_blocks_total);   /* no shared prefix */
+    ck_assert_int_eq(st.far.kv_blocks_reserved, 0);
+    ck_assert_int_eq((int)st.forward_passes, 0);
+    ck_assert_int_eq(st.kv_blocks_total, 0);
+    ck_assert_int_eq((int)st.images_done, 6);
+    ck_assert_int_eq((int)st.vq_decodes, 6);
+    for (int j = 0; j < 4; j++) check_far_job(&r, (uint64_t)j + 1, &specs[j]);
+    /* Progress counts positions. */
+    for (int i = 0, t = 0; i < r.k.n; i++)
+        if (r.k.ev[i]->kind == TS_EV_PROGRESS && r.k.ev[i]->job == 1) {
+            ck_assert_int_eq(r.k.ev[i]->step, ++t);
+            ck_assert_int_eq(r.k.ev[i]->total, L);
+        }
+    /* A server without a LlamaGen model refuses LlamaGen requests, and FAR checks hold. */
+    ts_job_spec ar = spec_of(1, 1, 1, 4.0f, -1.0f);
+    ts_ck_fails(ts_sched_add(r.s, 9, &ar, &err), err, TS_ERR_INVALID, "LlamaGen");
+    ts_job_spec bad = far_spec(1, nc, 1, 4.0f, -1.0f);
+    ts_ck_fails(ts_sched_add(r.s, 9, &bad, &err), err, TS_ERR_INVALID, "class");
+    bad = far_spec(9, 1, 1, 4.0f, -1.0f);
+    ts_ck_fails(ts_sched_add(r.s, 9, &bad, &err), err, TS_ERR_INVALID, "n must be");
+    rig_close(&r);
+}
+END_TEST
+
+/* LlamaGen, FAR and MaskGen groups in the same engine steps: every step runs one
+ * LlamaGen forward, one FAR step and one masked step, and every image equals its
+ * family's CLI reference. */
+START_TEST(test_far_with_llamagen_and_maskgen_interleaved)
+{
+    if (!have_fixture(FAR_FIXTURE) || !have_maskgen()) return;
+    rig r;
+    rig_open_far(&r, FAR_FIXTURE, 1, 1, 12, 64, 0);
+    ts_error err = {0};
+    int L = r.m->gpt->cfg.block_size, FL = far_L(&r), k = far_k(&r);
+    ts_job_spec a1 = spec_of(2, 3, 11, 4.0f, -1.0f), a2 = spec_of(1, 5, 22, 2.0f, 5.0f);
+    ts_job_spec f1 = far_spec(2, 3, 11, 4.0f, -1.0f), f2 = far_spec(1, 7, 5, 1.0f, -1.0f);
+    ts_job_spec f3 = far_spec(1, 3, 12, 4.0f, -1.0f);   /* = f1's image 1, alone, later */
+    ts_job_spec m1 = masked_spec(&r, 1, "a photo of a cat", 7, -1);
+    ts_ck_ok(ts_sched_add(r.s, 1, &a1, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &f1, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 3, &m1, &err), err);
+    int all = 0;
+    ts_sched_stats before, after;
+    for (int i = 0; i < 3; i++) {
+        ts_sched_get_stats(r.s, &before);
+        ts_ck_ok(ts_sched_step(r.s, &err), err);
+        ts_sched_get_stats(r.s, &after);
+        all += after.forward_passes == before.forward_passes + 1 &&
+               after.far.forward_passes == before.far.forward_passes + 1 &&
+               after.far.head_steps == before.far.head_steps + (uint64_t)k &&
+               after.masked_passes == before.masked_passes + 1;
+    }
+    ck_assert_int_eq(all, 3);
+    ck_assert_int_eq(after.last_batch_images, 2);
+    ck_assert_int_eq(after.far.last_batch_images, 2);
+    ck_assert_int_eq(after.last_masked_images, 1);
+    /* Each lane has its own cache: LlamaGen's holds its null prefix, FAR's none. */
+    ck_assert_int_eq(after.kv_blocks_total, 64);
+    ck_assert_int_eq(after.far.kv_blocks_total, 64);
+    ck_assert_int_eq(after.far.kv_blocks_total - after.far.kv_blocks_free +
+                     after.far.kv_blocks_reserved, 2 * 2);
+    ts_ck_ok(ts_sched_add(r.s, 4, &f2, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 5, &a2, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 6, &f3, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_get_stats(r.s, &after);
+    ck_assert_int_eq(after.far.last_batch_images, 4);
+    ck_assert_int_eq(after.last_batch_images, 3);
+    run_until_idle(&r, 200);
+    ts_sched_get_stats(r.s, &after);
+    ck_assert_int_eq((int)after.forward_passes, 3 + L);
+    ck_assert_int_eq((int)after.far.forward_passes, 3 + FL);
+    ck_assert_int_eq((int)after.images_done, 2 + 1 + 2 + 1 + 1 + 1);
+    ck_assert_int_eq(after.kv_blocks_free, after.kv_blocks_total - 1);
+    ck_assert_int_eq(after.far.kv_blocks_free, after.far.kv_blocks_total);
+    ck_assert_int_eq(after.kv_blocks_reserved + after.far.kv_blocks_reserved, 0);
+    check_far_job(&r, 2, &f1);
+    check_far_job(&r, 4, &f2);
+    check_far_job(&r, 6, &f3);
+    ck_assert(memcmp(find_event(&r, 6, TS_EV_IMAGE, 0)->tokens,
+                     find_event(&r, 2, TS_EV_IMAGE, 1)->tokens,
+                     (size_t)FL * k * sizeof(int32_t)) == 0);
+    check_masked_job(&r, 3, &m1);
+    int32_t *want = malloc((size_t)L * sizeof *want);
+    ts_job_spec *ars[2] = {&a1, &a2};
+    uint64_t ids[2] = {1, 5};
+    for (int j = 0; j < 2; j++)
+        for (int i = 0; i < ars[j]->n_images; i++) {
+            reference_tokens(&r, ars[j], i, want);
+            ck_assert(memcmp(find_event(&r, ids[j], TS_EV_IMAGE, i)->tokens, want,
+                             (size_t)L * sizeof *want) == 0);
+        }
+    free(want);
+    rig_close(&r);
+}
+END_TEST
+
+/* The one image budget counts FAR images too; a FAR request too big for its own cache
+ * is refused; cancelling (running or waiting) frees FAR KV blocks at the next step. */
+START_TEST(test_far_cancel_and_admission)
+{
+    if (!have_fixture(FAR_FIXTURE)) return;
+    rig r;
+    rig_open_far(&r, FAR_FIXTURE, 1, 0, 4, 2 * 2 * 2, 0);   /* FAR blocks for 4 images */
+    ts_error err = {0};
+    ts_job_spec big = far_spec(4, 1, 1, 4.0f, -1.0f), two = far_spec(2, 1, 1, 4.0f, -1.0f);
+    ts_ck_ok(ts_sched_check(r.s, &big, &err), err);
+    ts_job_spec ar2 = spec_of(2, 1, 1, 4.0f, -1.0f);
+    ts_ck_ok(ts_sched_add(r.s, 1, &two, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &ar2, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 3, &two, &err), err);   /* over the budget of 4: waits */
+    for (int i = 0; i < 3; i++) ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_nonnull(find_event(&r, 2, TS_EV_STARTED, 0));
+    ck_assert_ptr_null(find_event(&r, 3, TS_EV_STARTED, 0));
+    ck_assert_int_eq(find_event(&r, 3, TS_EV_QUEUED, 0)->position, 1);
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.far.kv_blocks_total - st.far.kv_blocks_free + st.far.kv_blocks_reserved,
+                     2 * 2);
+    ck_assert_int_eq(st.far.kv_blocks_total - st.far.kv_blocks_free, 2 * 2);   /* all taken */
+    /* Cancel the running FAR group: its blocks are free after the next step, in which
+     * the waiting one starts (and takes as many). */
+    ck_assert_int_eq(ts_sched_cancel(r.s, 1), 0);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_nonnull(find_event(&r, 1, TS_EV_CANCELLED, 0));
+    ck_assert_int_eq(count_events(&r, 1, TS_EV_IMAGE), 0);
+    ck_assert_ptr_nonnull(find_event(&r, 3, TS_EV_STARTED, 0));
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.far.kv_blocks_total - st.far.kv_blocks_free + st.far.kv_blocks_reserved,
+                     2 * 2);
+    ck_assert_int_eq(st.far.last_batch_images, 2);
+    ck_assert_int_eq(ts_sched_cancel(r.s, 3), 0);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.far.kv_blocks_free, st.far.kv_blocks_total);
+    ck_assert_int_eq(st.far.kv_blocks_reserved, 0);
+    /* A waiting FAR group cancels too. */
+    ts_ck_ok(ts_sched_add(r.s, 4, &ar2, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 5, &big, &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ck_assert_ptr_nonnull(find_event(&r, 5, TS_EV_QUEUED, 0));
+    ck_assert_int_eq(ts_sched_cancel(r.s, 5), 0);
+    run_until_idle(&r, 200);
+    ck_assert_ptr_nonnull(find_event(&r, 5, TS_EV_CANCELLED, 0));
+    ck_assert_ptr_null(find_event(&r, 5, TS_EV_STARTED, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 2, TS_EV_DONE, 0));
+    ck_assert_ptr_nonnull(find_event(&r, 4, TS_EV_DONE, 0));
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.far.kv_blocks_free, st.far.kv_blocks_total);
+    ck_assert_int_eq(st.kv_blocks_free, st.kv_blocks_total - 1);
+    ck_assert_int_eq(ts_sched_busy(r.s), 0);
+    rig_close(&r);
+
+    /* A cache of 3 FAR images' blocks: 4 images with CFG can never fit. */
+    rig_open_far(&r, FAR_FIXTURE, 0, 0, 8, 3 * 2, 0);
+    ts_ck_fails(ts_sched_add(r.s, 1, &big, &err), err, TS_ERR_INVALID, "KV blocks");
+    ts_job_spec nocfg = far_spec(4, 1, 1, 1.0f, -1.0f);   /* 1 block each: fits */
+    ts_ck_ok(ts_sched_add(r.s, 1, &nocfg, &err), err);
+    /* A group still running when the scheduler is freed goes with it. */
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    rig_close(&r);
+}
+END_TEST
+
+/* Previews decode the positions so far, every sub-token of the rest unknown (zero
+ * latents), as LlamaGen's do; they never disturb the images. */
+START_TEST(test_far_previews)
+{
+    if (!have_fixture(FAR_FIXTURE)) return;
+    rig r;
+    rig_open_far(&r, FAR_FIXTURE, 0, 0, 4, 32, 4);
+    int L = far_L(&r), k = far_k(&r), px = r.far->image_size;
+    const llamagen_config *c = ts_model_c2i_config(r.far);
+    ts_error err = {0};
+    ts_job_spec s = far_spec(2, 6, 9, 4.0f, -1.0f);
+    s.preview_every = 4;
+    ts_ck_ok(ts_sched_add(r.s, 1, &s, &err), err);
+    run_until_idle(&r, 100);
+    ck_assert_int_eq(count_events(&r, 1, TS_EV_PREVIEW), 3 * 2);   /* positions 4, 8, 12 */
+    check_far_job(&r, 1, &s);
+    int32_t *codes = malloc((size_t)L * k * sizeof *codes);
+    uint8_t *rgb = malloc((size_t)px * px * 3);
+    int last_step = 0;
+    for (int e = 0; e < r.k.n; e++) {
+        const ts_event *ev = r.k.ev[e];
+        if (ev->kind != TS_EV_PREVIEW) continue;
+        ck_assert_int_eq(ev->step % 4, 0);
+        ck_assert_int_eq(ev->total, L);
+        ck_assert_int_eq(ev->width, px);
+        if (ev->image == 0) {
+            ck_assert_int_gt(ev->step, last_step);
+            last_step = ev->step;
+        }
+        const int32_t *final = find_event(&r, 1, TS_EV_IMAGE, ev->image)->tokens;
+        for (int q = 0; q < L * k; q++) codes[q] = q < ev->step * k ? final[q] : VQ_CODE_UNKNOWN;
+        ts_ck_ok(vq_decode(r.far->vq, codes, 1, c->grid, rgb, NULL, &err), err);
+        ck_assert_msg(memcmp(ev->rgb, rgb, (size_t)px * px * 3) == 0,
+                      "preview at position %d is not the decode of the positions so far",
+                      ev->step);
+        ck_assert(memcmp(ev->rgb, find_event(&r, 1, TS_EV_IMAGE, ev->image)->rgb,
+                         (size_t)px * px * 3) != 0);
+    }
+    free(codes);
+    free(rgb);
+    rig_close(&r);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("scheduler");
@@ -690,6 +1034,10 @@ static Suite *suite(void)
     tcase_add_test(tc, test_masked_budget_checks_and_cancel);
     tcase_add_test(tc, test_masked_prompt_refused_fails_alone);
     tcase_add_test(tc, test_masked_previews);
+    tcase_add_loop_test(tc, test_far_batched_equals_alone, 0, 2);   /* fqgan_tiny, _tiny3 */
+    tcase_add_test(tc, test_far_with_llamagen_and_maskgen_interleaved);
+    tcase_add_test(tc, test_far_cancel_and_admission);
+    tcase_add_test(tc, test_far_previews);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -4,11 +4,13 @@
     /usr/bin/python3 tests/test_server.py path/to/build/tessera
 
 Random-weight models: the committed tiny fixtures (LlamaGen: 16 tokens per image;
-MaskGen: 16 tokens, 32x32 px, text-to-image), and a "slow" LlamaGen one made here with
-tools/ (256 tokens per image), so that requests are still running when a test
-disconnects, cancels, fills the queue or sends SIGTERM. A server with both tiny models
-runs masked and autoregressive requests side by side (they must interleave step by step
-and each give the CLI's PNG).
+MaskGen: 16 tokens, 32x32 px, text-to-image; FQGAN: 16 positions x 2 sub-tokens, 32x32
+px, and fqgan_tiny3: x 3, 64x64 px), and a "slow" LlamaGen one made here with tools/ (256
+tokens per image), so that requests are still running when a test disconnects, cancels,
+fills the queue or sends SIGTERM. A server with both tiny models runs masked and
+autoregressive requests side by side (they must interleave step by step and each give
+the CLI's PNG); one with all three (LlamaGen, FQGAN, MaskGen) runs the three families
+together, each request giving its CLI's PNG.
 Checks every endpoint and error of docs/api.md, SSE event order, batching (N
 concurrent requests take far fewer forward passes than N alone), that the same seed
 gives the same PNG bytes as the CLI alone or batched, disconnects freeing KV blocks,
@@ -28,10 +30,13 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "fixtures", "llamagen_tiny")
 MASKGEN = os.path.join(ROOT, "tests", "fixtures", "maskgen_tiny")
+FQGAN = os.path.join(ROOT, "tests", "fixtures", "fqgan_tiny")
+FQGAN3 = os.path.join(ROOT, "tests", "fixtures", "fqgan_tiny3")
 PY = os.environ.get("PYTHON", "/usr/bin/python3")
 WORK = tempfile.mkdtemp(prefix="tessera_test_server_")
 BIN = None
@@ -40,6 +45,9 @@ TINY_TOKENS = 16
 MG_TOKENS = 16      # maskgen_tiny: tokens per image
 MG_STEPS = 8        # maskgen_tiny's config: default steps
 MG_PX = 32
+FAR_POSITIONS = 16  # fqgan_tiny: positions per image (the steps), each FAR_K sub-tokens
+FAR_K = 2
+FAR_PX = 32
 
 
 def free_port():
@@ -159,7 +167,7 @@ def open_stream(port, path, body):
 
 def cli_png(model, cls, seed, n=1, **kw):
     """PNG bytes of the CLI for the same request (image i of n)."""
-    out = os.path.join(WORK, "cli-%d-%d.png" % (cls, seed))
+    out = os.path.join(WORK, "cli-%d-%d-%d.png" % (cls, seed, len(os.listdir(WORK))))
     args = [BIN, "generate", "--model", model, "--class", str(cls), "--seed", str(seed),
             "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
     for k, v in kw.items():
@@ -925,9 +933,313 @@ def test_two_models_of_one_family_refused():
     srv = Server(TINY, "--model", TINY, wait=False)
     code = srv.proc.wait(timeout=30)
     assert code != 0 and "at most one model of each family" in srv.output(), srv.output()
-    srv = Server(TINY, "--model", MASKGEN, "--model", TINY, wait=False)
+    srv = Server(FQGAN, "--model", TINY, "--model", FQGAN3, wait=False)
     code = srv.proc.wait(timeout=30)
-    assert code == 2 and "at most 2 --model" in srv.output(), srv.output()
+    assert code != 0 and "at most one model of each family" in srv.output(), srv.output()
+    assert "FQGAN" in srv.output(), srv.output()
+    srv = Server(TINY, "--model", MASKGEN, "--model", FQGAN, "--model", TINY, wait=False)
+    code = srv.proc.wait(timeout=30)
+    assert code == 2 and "at most 3 --model" in srv.output(), srv.output()
+
+
+# --------------------------------------------------------------------------- FQGAN (FAR)
+
+
+FAR_NAME = "Tessera test fixture fqgan_tiny"
+FAR3_NAME = "Tessera test fixture fqgan_tiny3"
+
+
+def test_far_models_listed(three):
+    status, _, body = three.json("GET", "/health")
+    assert status == 200 and body["models"] == [{"id": AR_NAME, "family": "llamagen"},
+                                                {"id": FAR_NAME, "family": "fqgan"},
+                                                {"id": MG_NAME, "family": "maskgen"}], body
+    status, _, body = three.json("GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in body["data"]] == [AR_NAME, FAR_NAME, MG_NAME]
+    far = body["data"][1]
+    assert far["family"] == "fqgan" and far["input"] == "class", far
+    assert far["image_size"] == FAR_PX and far["num_classes"] == 10 and far["class_names"], far
+    assert far["positions"] == FAR_POSITIONS and far["sub_tokens"] == FAR_K, far
+    assert far["tokens"] == FAR_POSITIONS * FAR_K and far["steps"] == FAR_POSITIONS, far
+    assert far["defaults"] == body["data"][0]["defaults"], far      # LlamaGen's and the CLI's
+    assert far["preview_every"] == 4, far
+    # /v1/classes: the default class model's (LlamaGen here), or the one ?model= names.
+    status, _, body = three.json("GET", "/v1/classes")
+    assert status == 200 and len(body["classes"]) == 10
+    q = urllib.parse.quote(FAR_NAME)
+    status, _, body = three.json("GET", "/v1/classes?model=" + q)
+    assert status == 200 and len(body["classes"]) == 10, body
+    assert body["classes"][1]["name"].startswith("goldfish")
+    assert three.json("GET", "/v1/classes?model=" + urllib.parse.quote(MG_NAME))[2] == \
+        {"classes": []}
+    assert error_of(three.json("GET", "/v1/classes?model=nope"))[:2] == (404, "not_found")
+
+
+def test_far_png_same_as_cli(three):
+    status, hdrs, png = three.request("POST", "/generate", {"model": FAR_NAME, "class": 3,
+                                                            "seed": 7})
+    assert status == 200 and hdrs["content-type"] == "image/png", (status, png[:300])
+    assert hdrs["x-seed"] == "7" and png_size(png) == (FAR_PX, FAR_PX)
+    assert png == cli_png(FQGAN, 3, 7)[0], "server FAR PNG differs from the CLI's"
+    params = png_parameters(png)
+    assert params.startswith("model=" + FAR_NAME) and "class=3" in params, params
+    # Sampling parameters travel through; several images come back as JSON, each the
+    # CLI's, and image 2 alone from its own seed is the same image.
+    kw = {"cfg": 2.5, "cfg_interval": 3, "top_k": 40, "top_p": 0.9, "temperature": 0.8}
+    body = dict(model=FAR_NAME, prompt="goldfish", seed=11, n=3, **kw)
+    status, _, res = three.json("POST", "/generate", body)
+    assert status == 200 and res["model"] == FAR_NAME and res["class"] == 1, res
+    assert [im["seed"] for im in res["images"]] == [11, 12, 13]
+    assert [base64.b64decode(im["png"]) for im in res["images"]] == \
+        cli_png(FQGAN, 1, 11, n=3, **kw)
+    status, _, png = three.request("POST", "/generate", dict(model=FAR_NAME, **{"class": 1},
+                                                             seed=13, **kw))
+    assert status == 200 and png == cli_png(FQGAN, 1, 13, **kw)[0]
+    # CFG off.
+    status, _, png = three.request("POST", "/generate", {"model": FAR_NAME, "class": 5,
+                                                         "seed": 2, "cfg": 1})
+    assert status == 200 and png == cli_png(FQGAN, 5, 2, cfg=1)[0]
+    # Without "model" a class goes to LlamaGen (the default class model), a prompt to
+    # MaskGen.
+    status, _, png = three.request("POST", "/generate", {"class": 3, "seed": 7})
+    assert status == 200 and png == cli_png(TINY, 3, 7)[0]
+    status, _, png = three.request("POST", "/generate", {"prompt": "a red cube", "seed": 7})
+    assert status == 200 and png == cli_masked_png("a red cube", 7)[0]
+
+
+def test_far_sse_previews(three):
+    c, r = open_stream(three.port, "/generate", {"model": FAR_NAME, "class": 4, "seed": 9,
+                                                 "n": 2, "stream": True})
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    events = list(sse_events(r))
+    c.close()
+    names = [e for e, _ in events if e != ":"]
+    assert names[0] in ("queued", "started") and names[-1] == "done", names
+    progress = [json.loads(d) for e, d in events if e == "progress"]
+    assert [p["step"] for p in progress] == list(range(1, FAR_POSITIONS + 1)), progress
+    assert all(p["total"] == FAR_POSITIONS for p in progress)
+    previews = [json.loads(d) for e, d in events if e == "preview"]
+    # --preview-every 4 positions: 4, 8, 12 for each image (the final image is the last).
+    assert sorted((p["step"], p["image"]) for p in previews) == \
+        [(s, i) for s in (4, 8, 12) for i in (0, 1)], previews
+    for p in previews:
+        assert p["total"] == FAR_POSITIONS
+        assert png_size(base64.b64decode(p["png"])) == (FAR_PX, FAR_PX)
+    assert names.index("started") < names.index("preview") < names.index("done")
+    # Each preview comes after the progress event of its position.
+    order = [(e, json.loads(d)) for e, d in events if e in ("progress", "preview")]
+    for i, (e, d) in enumerate(order):
+        if e == "preview":
+            done_steps = [x["step"] for k, x in order[:i] if k == "progress"]
+            assert done_steps and done_steps[-1] >= d["step"], order
+    done = json.loads(events[-1][1])
+    assert done["model"] == FAR_NAME and done["class"] == 4
+    assert [base64.b64decode(im["png"]) for im in done["images"]] == cli_png(FQGAN, 4, 9, n=2)
+
+
+def test_far_mixed_concurrent(three):
+    """Requests of all three families at once: all succeed, batched together, and each
+    equals its CLI's PNG."""
+    before = three.metrics()
+    reqs = []
+    for i in range(3):
+        reqs.append(("ar", {"class": i + 1, "seed": 200 + i}))
+        reqs.append(("far", {"model": FAR_NAME, "class": i + 2, "seed": 300 + i,
+                             "n": 1 + i % 2}))
+        reqs.append(("mg", {"prompt": "a cat number %d" % i, "seed": 400 + i}))
+    results = [None] * len(reqs)
+    gate = threading.Barrier(len(reqs))
+
+    def client(i):
+        gate.wait()
+        results[i] = three.request("POST", "/generate", reqs[i][1],
+                                   {"Accept": "application/json"})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = three.metrics()
+    for (kind, body), (status, _, data) in zip(reqs, results):
+        assert status == 200, (kind, body, status, data[:300])
+        got = [base64.b64decode(im["png"]) for im in json.loads(data)["images"]]
+        if kind == "ar":
+            want = cli_png(TINY, body["class"], body["seed"])
+        elif kind == "far":
+            want = cli_png(FQGAN, body["class"], body["seed"], n=body["n"])
+        else:
+            want = cli_masked_png(body["prompt"], body["seed"])
+        assert got == want, "%s request %s differs from the CLI's when batched" % (kind, body)
+    d = {k: after[k] - before[k] for k in after if k in before}
+    # Batched: 3 FAR requests alone would take 3 * 16 FAR steps, 3 LlamaGen ones 3 * 16
+    # forwards, and all nine one after another 3 * 16 + 3 * 16 + 3 * 8 engine steps.
+    assert 0 < d["tessera_far_forward_passes_total"] < 3 * FAR_POSITIONS - 8, d
+    assert d["tessera_far_head_steps_total"] == FAR_K * d["tessera_far_forward_passes_total"], d
+    assert d["tessera_far_batch_images_count"] == d["tessera_far_forward_passes_total"], d
+    assert d["tessera_far_batch_images_sum"] == (1 + 2 + 1) * FAR_POSITIONS, d
+    assert d["tessera_forward_passes_total"] < 3 * TINY_TOKENS - 8, d
+    assert d["tessera_step_seconds_count"] < 2 * TINY_TOKENS + 3 * MG_STEPS, d
+    assert d['tessera_far_batch_images_bucket{le="1"}'] < d["tessera_far_batch_images_count"], d
+    assert after["tessera_far_kv_blocks_used"] == 0 and after["tessera_far_kv_blocks_reserved"] == 0
+    assert after["tessera_far_kv_blocks_total"] > 0
+    assert after["tessera_kv_blocks_used"] == 1        # LlamaGen's shared null prefix
+
+
+def test_far_openai_and_jobs(three):
+    status, _, body = three.json("POST", "/v1/images/generations",
+                                 {"prompt": "tench", "n": 2, "size": "32x32", "seed": 3,
+                                  "model": FAR_NAME})
+    assert status == 200, body
+    want = cli_png(FQGAN, 0, 3, n=2)
+    assert [base64.b64decode(d["b64_json"]) for d in body["data"]] == want
+    c, r = open_stream(three.port, "/v1/images/generations",
+                       {"prompt": "tench", "stream": True, "partial_images": 1, "seed": 3,
+                        "model": FAR_NAME})
+    events = [(e, json.loads(d)) for e, d in sse_events(r) if e != ":"]
+    c.close()
+    assert [e for e, _ in events] == ["image_generation.partial_image",
+                                      "image_generation.completed"], events
+    assert base64.b64decode(events[-1][1]["b64_json"]) == want[0]
+    assert events[-1][1]["usage"]["output_tokens"] == FAR_POSITIONS * FAR_K
+    status, _, body = three.json("POST", "/v1/jobs", {"model": FAR_NAME, "class": 6, "seed": 21,
+                                                      "n": 2})
+    assert status == 202, body
+    end = time.time() + 60
+    while True:
+        job = three.json("GET", "/v1/jobs/" + body["id"])[2]
+        if job["state"] == "completed":
+            break
+        assert job["state"] in ("queued", "running") and time.time() < end, job
+        time.sleep(0.05)
+    assert job["progress"] == {"step": FAR_POSITIONS, "total": FAR_POSITIONS}, job
+    assert job["result"]["model"] == FAR_NAME and job["result"]["class"] == 6
+    assert [base64.b64decode(im["png"]) for im in job["result"]["images"]] == \
+        cli_png(FQGAN, 6, 21, n=2)
+    assert three.json("DELETE", "/v1/jobs/" + body["id"])[2]["state"] == "completed"
+
+
+def test_far_errors(three):
+    cases = [
+        (three.json("POST", "/generate", {"model": FAR_NAME}), 422, "invalid_field", "class"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "class": 10}), 422, "invalid_field",
+         "class"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "class": 1, "steps": 3}), 422,
+         "invalid_field", "steps"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "class": 1, "guidance": 3}), 422,
+         "invalid_field", "FQGAN"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "prompt": "zebra"}), 422,
+         "invalid_field", "not a class name"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "class": 1, "prompt": "hen"}), 422,
+         "invalid_field", "class"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "class": 1, "n": 99}), 422,
+         "invalid_field", "n"),
+        (three.json("POST", "/generate", {"model": FAR_NAME, "class": 1, "top_p": 0}), 422,
+         "invalid_field", "top_p"),
+        (three.json("POST", "/generate", {"model": MG_NAME, "class": 1}), 422, "invalid_field",
+         "class"),
+        (three.json("POST", "/generate", {"model": "fqgan", "class": 1}), 404, "not_found",
+         "fqgan"),
+        (three.json("POST", "/v1/jobs", {"model": FAR_NAME, "class": 1, "stream": True}), 422,
+         "invalid_field", "stream"),
+        (three.json("POST", "/v1/images/generations", {"model": FAR_NAME, "prompt": "tench",
+                                                       "size": "16x16"}), 422, "invalid_field",
+         "32x32"),
+    ]
+    for i, (res, status, code, needle) in enumerate(cases):
+        got = error_of(res)
+        assert got[0] == status and got[1] == code, (i, got)
+        assert needle.lower() in got[2].lower(), (i, got)
+    msg = error_of(three.json("POST", "/generate", {"model": FAR_NAME, "class": 1,
+                                                    "aesthetic": 1}))[2]
+    assert "FQGAN" in msg and FAR_NAME in msg, msg
+
+
+def test_far_only_class_model_server():
+    """FQGAN (the triple fixture) beside MaskGen: class requests without "model" go to
+    FQGAN, the only class-conditional model; its disconnects free its KV blocks."""
+    srv = Server(FQGAN3, "--model", MASKGEN, "--preview-every", "2",
+                 env={"TESSERA_TEST_STEP_DELAY_MS": "30"})
+    try:
+        status, _, body = srv.json("GET", "/health")
+        assert body["models"] == [{"id": FAR3_NAME, "family": "fqgan"},
+                                  {"id": MG_NAME, "family": "maskgen"}], body
+        far = srv.json("GET", "/v1/models")[2]["data"][0]
+        assert far["sub_tokens"] == 3 and far["tokens"] == 16 * 3 and far["image_size"] == 64
+        assert len(srv.json("GET", "/v1/classes")[2]["classes"]) == 5
+        status, _, png = srv.request("POST", "/generate", {"class": 2, "seed": 5})
+        assert status == 200 and png_size(png) == (64, 64) and png == cli_png(FQGAN3, 2, 5)[0]
+        status, _, png = srv.request("POST", "/generate", {"model": FAR3_NAME,
+                                                           "prompt": "hammerhead", "seed": 5})
+        assert status == 200 and png == cli_png(FQGAN3, 4, 5)[0]
+        status, _, png = srv.request("POST", "/generate", {"prompt": "a red cube", "seed": 7})
+        assert status == 200 and png == cli_masked_png("a red cube", 7)[0]
+        m = srv.metrics()
+        assert m["tessera_kv_blocks_total"] == 0 and m["tessera_forward_passes_total"] == 0
+        assert m["tessera_far_forward_passes_total"] == 2 * 16
+        # A streaming FAR request dropped after its first progress event is cancelled and
+        # its KV blocks are free again.
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        body = json.dumps({"class": 1, "n": 2, "stream": True}).encode()
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        seen = b""
+        while b"event: progress" not in seen:
+            chunk = s.recv(4096)
+            assert chunk, seen
+            seen += chunk
+        assert srv.metrics()["tessera_far_kv_blocks_used"] > 0
+        s.close()
+        wait_metric(srv, "tessera_far_kv_blocks_used", 0)
+        wait_metric(srv, "tessera_running_groups", 0)
+        m = srv.metrics()
+        assert m["tessera_requests_cancelled_total"] == 1
+        assert m["tessera_far_forward_passes_total"] < 2 * 16 + 16, m
+        assert m["tessera_far_kv_blocks_reserved"] == 0
+    finally:
+        srv.stop()
+
+
+def test_far_kv_memory_split():
+    """--kv-memory is the total of the LlamaGen and FQGAN caches, split in proportion to
+    one image's KV bytes of each (equal here: the two tiny models have the same block
+    size and blocks per image)."""
+    srv = Server(TINY, "--model", FQGAN, "--kv-memory", "1000", wait=False)
+    code = srv.proc.wait(timeout=30)
+    out = srv.output()
+    assert code != 0 and "split between the LlamaGen and FQGAN caches" in out, out
+    least = int(re.search(r"give at least (\d+) bytes", out).group(1))
+    srv = Server(TINY, "--model", FQGAN, "--kv-memory", str(least))
+    try:
+        m = srv.metrics()
+        assert m["tessera_kv_blocks_total"] == 3 and m["tessera_far_kv_blocks_total"] == 3, m
+        # One image with CFG at a time in each cache; a second one waits, two in one
+        # request can never fit.
+        assert srv.request("POST", "/generate", {"model": FAR_NAME, "class": 1, "seed": 1})[2] == \
+            cli_png(FQGAN, 1, 1)[0]
+        res = srv.json("POST", "/generate", {"model": FAR_NAME, "class": 1, "n": 2})
+        assert error_of(res)[:2] == (422, "invalid_field") and "KV blocks" in error_of(res)[2]
+    finally:
+        srv.stop()
+    srv = Server(TINY, "--model", FQGAN, "--kv-memory", "1M")
+    try:
+        m = srv.metrics()
+        assert m["tessera_kv_blocks_total"] == m["tessera_far_kv_blocks_total"] == 32, m
+    finally:
+        srv.stop()
+
+
+def test_far_decode_only_folder_refused():
+    bad = os.path.join(WORK, "fqgan-decode-only")
+    shutil.copytree(FQGAN, bad)
+    with open(os.path.join(bad, "config.json")) as f:
+        cfg = json.load(f)
+    del cfg["gpt"]
+    with open(os.path.join(bad, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    srv = Server(bad, wait=False)
+    code = srv.proc.wait(timeout=30)
+    assert code != 0 and "no FAR generator" in srv.output(), srv.output()
 
 
 def make_slow_model():
@@ -952,31 +1264,39 @@ def main():
         return 2
     BIN = os.path.abspath(sys.argv[1])
     make_slow_model()
-    shared = Server(TINY, "--preview-every", "4")
-    slow = Server(SLOW, "--max-batch", "4")
-    both = Server(TINY, "--model", MASKGEN, "--preview-every", "4", "--masked-preview-every", "2")
     only = os.environ.get("TEST_ONLY", "")    # run the tests whose names contain it
     tests = [(k, v) for k, v in globals().items() if k.startswith("test_") and only in k]
+    # The shared servers, started only when a selected test takes them.
+    makers = {"srv": lambda: Server(TINY, "--preview-every", "4"),
+              "slow": lambda: Server(SLOW, "--max-batch", "4"),
+              "both": lambda: Server(TINY, "--model", MASKGEN, "--preview-every", "4",
+                                     "--masked-preview-every", "2"),
+              "three": lambda: Server(TINY, "--model", FQGAN, "--model", MASKGEN,
+                                      "--preview-every", "4", "--masked-preview-every", "2")}
+    wanted = {a for _, fn in tests for a in fn.__code__.co_varnames[:fn.__code__.co_argcount]}
+    servers = {}
     failed = 0
     try:
+        for key in makers:
+            if key in wanted:
+                servers[key] = makers[key]()
         for name, fn in tests:
             args = fn.__code__.co_varnames[:fn.__code__.co_argcount]
             t0 = time.time()
             try:
-                fn(*[{"srv": shared, "slow": slow, "both": both}[a] for a in args])
+                fn(*[servers[a] for a in args])
                 print("ok   %s (%.1f s)" % (name, time.time() - t0))
             except Exception as e:  # report every failure, then fail the run
                 failed += 1
                 import traceback
                 traceback.print_exc()
                 print("FAIL %s: %s" % (name, e))
-        shared.stop()
-        slow.stop()
-        both.stop()
+        for srv in servers.values():
+            srv.stop()
     finally:
-        for s in (shared, slow, both):
-            if s.proc.poll() is None:
-                s.proc.kill()
+        for srv in servers.values():
+            if srv.proc.poll() is None:
+                srv.proc.kill()
         if not failed:
             shutil.rmtree(WORK, ignore_errors=True)
     print("%d of %d server tests failed" % (failed, len(tests)) if failed else
