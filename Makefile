@@ -124,6 +124,7 @@ test-python: $(BUILD)/tessera $(BUILD)/tests/test_clip_tokenizer
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_clip_tokenizer.py $(BUILD)/tests/test_clip_tokenizer
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
+	$(PYTHON) tests/test_default_model.py $(BUILD)/tessera
 
 # On a machine with an NVIDIA GPU: the CUDA kernels against the CPU backend, then the
 # server's whole suite with --device cuda (both say so and skip the GPU parts without one).
@@ -135,20 +136,19 @@ test-gpu: $(BUILD)/tests/test_cuda $(BUILD)/tessera
 test-web: $(BUILD)/tessera
 	bash tests/web/run.sh $(BUILD)/tessera
 
-# Serves a small RANDOM-WEIGHT demo model (until a trained default model ships) on
-# http://$(HOST):$(PORT)/ - the web page, the REST API and SSE previews.
+# Serves the default model that ships in models/ (64x64 emoji, trained by
+# tools/train_default.sh) on http://$(HOST):$(PORT)/ - the web page, the REST API and
+# SSE previews. MODEL=DIR serves another model folder.
 HOST ?= 127.0.0.1
 PORT ?= 8080
+MODEL ?= models/emoji-64
 run: $(BUILD)/tessera
-	PYTHON=$(PYTHON) tools/make_demo_model.sh $(BUILD)/demo-model
-	@echo "Serving build/demo-model: RANDOM weights, so expect colourful noise, not pictures."
 	@echo "Open http://$(HOST):$(PORT)/ (Ctrl-C drains and stops)."
-	./$(BUILD)/tessera serve --model $(BUILD)/demo-model --host $(HOST) --port $(PORT)
+	./$(BUILD)/tessera serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
-# One PNG from the demo model with the CLI.
+# One PNG from the default model with the CLI: a red apple.
 sample: $(BUILD)/tessera
-	PYTHON=$(PYTHON) tools/make_demo_model.sh $(BUILD)/demo-model
-	./$(BUILD)/tessera generate --model $(BUILD)/demo-model --class 1 --seed 0 --out sample.png
+	./$(BUILD)/tessera generate --model $(MODEL) --class "red apple" --seed 0 --out sample.png
 
 format:
 	clang-format -i $(LIB_SRC) $(SERVER_SRC) $(TEST_SRC) $(wildcard engine/*.h engine/*/*.h api/*.h server/*.h tests/*.h)

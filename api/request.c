@@ -213,9 +213,12 @@ static int parse_ar(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_ge
 {
     const ts_api_model *ar = ts_api_model_of(lim, out->spec.family);
     ts_job_spec *s = &out->spec;
-    /* Defaults are upstream's sample_c2i.py (and the CLI's), so requests match it. */
-    long long top_k = 2000;
-    double cfg = 4.0, interval = -1.0, top_p = 1.0, temp = 1.0;
+    /* Defaults are the model's (config.json "sampling", else upstream's sample_c2i.py
+     * values), as the CLI's are, so requests match it. */
+    const ts_gen_params *d = &ar->gen_defaults;
+    long long top_k = d->sample.top_k;
+    double cfg = d->cfg_scale, interval = d->cfg_interval, top_p = d->sample.top_p,
+           temp = d->sample.temperature;
     json_t *cls = json_object_get(o, "class"), *prompt = json_object_get(o, "prompt");
     if (kind == TS_API_NATIVE && cls && !json_is_null(cls)) {
         if (prompt && !json_is_null(prompt))

@@ -46,6 +46,9 @@ typedef struct ts_api_model {
     const ts_class_table *classes;   /* LlamaGen, FQGAN: class names (may be empty) */
     ts_mask_params defaults;         /* MaskGen: steps, guidance, randomize_temperature,
                                         aesthetic when a request leaves them out */
+    ts_gen_params gen_defaults;      /* LlamaGen, FQGAN: cfg, cfg_interval and sampling
+                                        when a request leaves them out (the model's
+                                        config.json "sampling", else upstream's) */
 } ts_api_model;
 
 /* What the parser needs to know about the server and its models. */

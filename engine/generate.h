@@ -19,12 +19,7 @@
 #include "model.h"
 #include "sampler.h"
 
-typedef struct ts_gen_params {
-    float cfg_scale;        /* CFG only when > 1.0, as upstream */
-    float cfg_interval;     /* -1: CFG on every step; else only decode steps i <= it */
-    ts_sample_params sample;
-    uint64_t seed;
-} ts_gen_params;
+/* ts_gen_params (CFG + sampling + seed) is in sampler.h, so model.h can hold defaults. */
 
 /* Called after each step with the step count done so far (1..n_steps). */
 typedef void (*ts_gen_progress_fn)(void *ctx, int step, int n_steps);

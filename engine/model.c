@@ -71,6 +71,38 @@ static int load_fqgan(ts_model *m, const char *dir, const json_t *gpt_sec, const
     return TS_OK;
 }
 
+/* The optional "sampling" object of a class-conditional folder: a model trained
+ * differently from upstream's (the shipped emoji model) names the settings it is
+ * measured with; any key left out keeps upstream's default. */
+static int parse_c2i_sampling(const json_t *root, ts_gen_params *p, ts_error *err)
+{
+    *p = (ts_gen_params){.cfg_scale = 4.0f, .cfg_interval = -1.0f,
+                         .sample = {.temperature = 1.0f, .top_k = 2000, .top_p = 1.0f}};
+    const json_t *s = json_object_get(root, "sampling");
+    if (!s) return TS_OK;
+    if (!json_is_object(s)) return ts_fail(err, TS_ERR_CONFIG, "config: \"sampling\" must be an object");
+    const char *k;
+    const json_t *v;
+    json_object_foreach((json_t *)s, k, v) {
+        if (strcmp(k, "cfg") && strcmp(k, "cfg_interval") && strcmp(k, "temperature") &&
+            strcmp(k, "top_k") && strcmp(k, "top_p"))
+            return ts_fail(err, TS_ERR_CONFIG, "config: sampling.%s is not a sampling setting "
+                           "(cfg, cfg_interval, temperature, top_k, top_p)", k);
+    }
+    int rc = 0;
+    if (!rc && json_object_get(s, "cfg"))
+        rc = ts_json_float(s, "sampling", "cfg", 0.0, 100.0, &p->cfg_scale, err);
+    if (!rc && json_object_get(s, "cfg_interval"))
+        rc = ts_json_float(s, "sampling", "cfg_interval", -1.0, 1e6, &p->cfg_interval, err);
+    if (!rc && json_object_get(s, "temperature"))
+        rc = ts_json_float(s, "sampling", "temperature", 0.0, 100.0, &p->sample.temperature, err);
+    if (!rc && json_object_get(s, "top_k"))
+        rc = ts_json_int(s, "sampling", "top_k", 0, 1000000, &p->sample.top_k, err);
+    if (!rc && json_object_get(s, "top_p"))
+        rc = ts_json_float(s, "sampling", "top_p", 1e-6, 1.0, &p->sample.top_p, err);
+    return rc;
+}
+
 int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err)
 {
     *out = NULL;
@@ -117,6 +149,7 @@ int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err
         *out = m;
         return TS_OK;
     }
+    if ((rc = parse_c2i_sampling(root, &m->gen_defaults, err))) goto fail;
     if (strcmp(family, "fqgan") == 0) {
         m->family = TS_FAMILY_FQGAN;
         if ((rc = load_fqgan(m, dir, gpt_sec, vq_sec, err))) goto fail;

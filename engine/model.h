@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "backend.h"
+#include "sampler.h"
 #include "masked_model.h"
 #include "models/far.h"
 #include "models/llamagen.h"
@@ -34,6 +35,10 @@ typedef struct ts_model {
     far_model *far;          /* FQGAN only; NULL for a decode-only folder */
     vq_decoder *vq;          /* NULL for a GPT-only LlamaGen folder: tokens, no images */
     ts_masked_model *masked; /* the maskgen family's networks, else NULL */
+    ts_gen_params gen_defaults;  /* LlamaGen, FQGAN: the sampling a request or the CLI
+                                  * gets when it names none; upstream's sample_c2i.py values
+                                  * (cfg 4, top-k 2000, top-p 1, temperature 1) unless
+                                  * config.json's "sampling" object overrides them */
 } ts_model;
 
 int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err);

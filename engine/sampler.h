@@ -44,4 +44,13 @@ int ts_sample_draw(const float *probs, int n, double u);
 /* ts_sample_probs then ts_sample_draw. */
 int ts_sample(ts_sampler *s, float *logits, const ts_sample_params *p, double u);
 
+/* One class-conditional request's generation settings (generate.h's loops, the
+ * scheduler, a model's defaults). */
+typedef struct ts_gen_params {
+    float cfg_scale;        /* CFG only when > 1.0, as upstream */
+    float cfg_interval;     /* -1: CFG on every step; else only decode steps i <= it */
+    ts_sample_params sample;
+    uint64_t seed;
+} ts_gen_params;
+
 #endif

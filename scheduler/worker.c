@@ -317,6 +317,7 @@ static void c2i_info(ts_worker *w, ts_model *m, ts_model_info *i, const char *de
     i->vocab_size = c->vocab_size;
     i->n_tokens = c->block_size;
     i->n_sub = ts_model_n_sub(m);
+    i->gen_defaults = m->gen_defaults;
     snprintf(i->device, sizeof i->device, "%s", device);
 }
 

@@ -61,6 +61,7 @@ typedef struct ts_model_info {
     int kv_block_size;
     size_t kv_bytes;
     int blocks_per_image;       /* with CFG on every step */
+    ts_gen_params gen_defaults; /* sampling a request gets when it names none */
     /* MaskGen */
     int codebook_size;
     int max_prompt_bytes;

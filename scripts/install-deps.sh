@@ -14,6 +14,8 @@ packages=(
     python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
     python3-regex                   # CLIP tokenizer reference (\p{L} classes)
     python3-torchvision             # ImageNet class names for converted models
+    python3-pil                     # images in tools/ and the default model's tests
+    fonts-noto-color-emoji unicode-data   # the default model's dataset (tools/make_emoji_dataset.py)
     time                            # /usr/bin/time for peak memory in bench/
     chromium                        # the web page's test in a real browser (tests/web/)
 )

@@ -25,6 +25,7 @@ typedef struct gen_opts {
     const char *class_arg;  /* --class as given: ids and/or names, resolved after loading */
     int32_t classes[MAX_IMAGES];
     int n_classes, n_per_class, threads, quiet;
+    unsigned given;         /* GIVEN_* bits: sampling flags set on the command line */
     ts_gen_params p;
     const char *prompt;     /* masked (text-to-image) models */
     ts_mask_params mp;      /* fields left < 0 take the model's defaults */
@@ -48,6 +49,8 @@ static void usage(FILE *f)
         "  --n IMAGES           images per class (default 1); image i of the run uses\n"
         "                       seed S + i, so it can be regenerated alone with that seed\n"
         "  --seed S             random seed, 0..2^64-1 (default 0)\n"
+        "Class-conditional sampling (defaults: the model's config.json \"sampling\", else\n"
+        "upstream's sample_c2i.py values, shown here):\n"
         "  --cfg SCALE          classifier-free guidance scale; <= 1 turns CFG off (default 4.0;\n"
         "                       FQGAN guides each sub-token)\n"
         "  --cfg-interval I     guide only decode steps <= I; -1 = every step (default -1)\n"
@@ -72,6 +75,18 @@ static void usage(FILE *f)
         "                       falls back to the CPU with a notice)\n"
         "  --quiet              no progress output\n"
         "  --help               this text\n");
+}
+
+/* Sampling flags the user gave; the others take the model's defaults after loading. */
+enum { GIVEN_CFG = 1, GIVEN_CFGI = 2, GIVEN_TOPK = 4, GIVEN_TOPP = 8, GIVEN_TEMP = 16 };
+
+static void apply_model_defaults(gen_opts *o, const ts_gen_params *d)
+{
+    if (!(o->given & GIVEN_CFG)) o->p.cfg_scale = d->cfg_scale;
+    if (!(o->given & GIVEN_CFGI)) o->p.cfg_interval = d->cfg_interval;
+    if (!(o->given & GIVEN_TOPK)) o->p.sample.top_k = d->sample.top_k;
+    if (!(o->given & GIVEN_TOPP)) o->p.sample.top_p = d->sample.top_p;
+    if (!(o->given & GIVEN_TEMP)) o->p.sample.temperature = d->sample.temperature;
 }
 
 /* Counts the comma-separated entries of --class; their meaning needs the model's class
@@ -151,6 +166,8 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         const char *bad = NULL;
+        o->given |= c == O_CFG ? GIVEN_CFG : c == O_CFGI ? GIVEN_CFGI : c == O_TOPK ? GIVEN_TOPK
+                   : c == O_TOPP ? GIVEN_TOPP : c == O_TEMP ? GIVEN_TEMP : 0;
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_CLASS: if (count_classes(optarg, o)) bad = "--class"; break;
@@ -367,6 +384,7 @@ int cmd_generate(int argc, char **argv)
         goto fail;
     }
     int k = ts_model_n_sub(m);
+    apply_model_defaults(&o, &m->gen_defaults);
     if (resolve_classes(&o, gc->num_classes, &err)) goto fail;
     int n = o.n_classes * o.n_per_class, L = gc->block_size;
     classes = malloc((size_t)n * sizeof *classes);

@@ -139,7 +139,8 @@ static void on_wake(uv_async_t *a)
         if (ar) {
             load_classes(s, ar, &s->classes);
             s->limits.ar = (ts_api_model){1, ar->name, ar->image_size, ar->n_tokens,
-                                          ar->num_classes, ar->vocab_size, &s->classes, {0}};
+                                          ar->num_classes, ar->vocab_size, &s->classes, {0},
+                                          ar->gen_defaults};
             fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV "
                             "blocks (%.1f MiB, %d per image), batch %d, %d class names, on %s\n",
                     ar->name, ar->image_size, ar->image_size, ar->n_tokens, ar->kv_blocks,
@@ -150,7 +151,7 @@ static void on_wake(uv_async_t *a)
             load_classes(s, far, &s->far_classes);
             s->limits.far = (ts_api_model){1, far->name, far->image_size, far->n_tokens,
                                            far->num_classes, far->vocab_size, &s->far_classes,
-                                           {0}};
+                                           {0}, far->gen_defaults};
             fprintf(stderr, "tessera serve: ready: %s (fqgan), %dx%d px, %d positions x %d "
                             "sub-tokens per image, %d KV blocks (%.1f MiB, %d per image), batch "
                             "%d, %d class names, on %s\n",
@@ -160,7 +161,8 @@ static void on_wake(uv_async_t *a)
         }
         if (mg) {
             s->limits.masked = (ts_api_model){1, mg->name, mg->image_size, mg->n_tokens, 0, 0,
-                                              &s->classes, mg->defaults};
+                                              &s->classes, mg->defaults,
+                                              {.cfg_scale = 0}};
             fprintf(stderr, "tessera serve: ready: %s (maskgen), %dx%d px, %d tokens per image, "
                             "%d steps, guidance %g, randomize_temperature %g, aesthetic %g, "
                             "batch %d, on %s\n",

@@ -131,9 +131,12 @@ static json_t *model_json(server *s, const ts_model_info *i)
         json_object_set_new(o, "class_names", json_boolean(t && t->n > 0));
         json_object_set_new(o, "input", json_string("class"));
         json_object_set_new(o, "steps", json_integer(i->n_tokens));
-        json_object_set_new(o, "defaults", json_pack("{s:f, s:f, s:i, s:f, s:f}", "cfg", 4.0,
-                                                     "cfg_interval", -1.0, "top_k", 2000, "top_p",
-                                                     1.0, "temperature", 1.0));
+        const ts_gen_params *d = &i->gen_defaults;
+        json_object_set_new(o, "defaults",
+                            json_pack("{s:f, s:f, s:i, s:f, s:f}", "cfg", (double)d->cfg_scale,
+                                      "cfg_interval", (double)d->cfg_interval, "top_k",
+                                      d->sample.top_k, "top_p", (double)d->sample.top_p,
+                                      "temperature", (double)d->sample.temperature));
         json_object_set_new(o, "preview_every", json_integer(s->opt.preview_every));
     } else {
         const ts_mask_params *d = &i->defaults;

@@ -215,6 +215,31 @@ def test_several_images():
     assert open(single).read().splitlines()[0] == lines[0]
 
 
+def test_model_sampling_defaults():
+    # A folder's "sampling" object replaces upstream's defaults for the flags not given.
+    folder = os.path.join(WORK, "tiny-sampling")
+    shutil.copytree(TINY, folder)
+    cfg_path = os.path.join(folder, "config.json")
+    config = json.load(open(cfg_path))
+    config["sampling"] = {"cfg": 1.0, "top_k": 5}
+    json.dump(config, open(cfg_path, "w"))
+    def tokens(model, *extra):
+        out = os.path.join(WORK, "samp.txt")
+        code, _, err = tessera("generate", "--model", model, "--class", "2", "--seed", "9",
+                               "--tokens-out", out, "--quiet", *extra)
+        assert code == 0, err
+        return open(out).read()
+    with_defaults = tokens(folder)
+    assert with_defaults == tokens(TINY, "--cfg", "1", "--top-k", "5")
+    assert with_defaults != tokens(TINY), "the folder's defaults were ignored"
+    assert tokens(folder, "--cfg", "4", "--top-k", "2000") == tokens(TINY), "flags must win"
+    config["sampling"] = {"cfg": 1.0, "topk": 5}
+    json.dump(config, open(cfg_path, "w"))
+    code, _, err = tessera("generate", "--model", folder, "--class", "2", "--out",
+                           os.path.join(WORK, "x.png"), "--quiet")
+    assert code == 1 and "sampling.topk" in err, err
+
+
 def test_class_names():
     # classes.txt line 1 is "goldfish, Carassius auratus": either synonym names class 1.
     tok = os.path.join(WORK, "named.txt")

@@ -102,15 +102,19 @@ def test_server_by_name_and_sharpening_previews():
     try:
         status, _, body = srv.json("GET", "/v1/classes")
         assert status == 200 and len(body["classes"]) == len(classes())
-        status, hdrs, png = srv.request("POST", "/generate", {"class": "red apple", "seed": 3})
+        # The folder's own sampling defaults (config.json "sampling"), not upstream's CFG 4.
+        status, _, body = srv.json("GET", "/v1/models")
+        d = body["data"][0]["defaults"]
+        assert d["cfg"] == 1.0 and abs(d["top_p"] - 0.8) < 1e-6 and d["top_k"] == 2000, d
+        status, hdrs, png = srv.request("POST", "/generate", {"prompt": "red apple", "seed": 3})
         assert status == 200 and hdrs["content-type"] == "image/png", (status, png[:200])
         assert png == cli(class_id("red apple"), 3)[0][0], "server PNG differs from the CLI's"
-        status, _, png = srv.request("POST", "/generate", {"class": "🍎", "seed": 3})
+        status, _, png = srv.request("POST", "/generate", {"prompt": "🍎", "seed": 3})
         assert status == 200 and png == cli(class_id("red apple"), 3)[0][0], \
             "the emoji does not name its class"
 
         c, r = ts.open_stream(srv.port, "/generate",
-                              {"class": "grinning face", "seed": 5, "stream": True})
+                              {"prompt": "grinning face", "seed": 5, "stream": True})
         events = list(ts.sse_events(r))
         c.close()
         def rgb(b64):

@@ -341,6 +341,26 @@ def _infer_pixel_decoder(sd, what):
             "num_res_blocks": res[-1]}  # the encoder's count; the decoder has one more
 
 
+SAMPLING_KEYS = {"cfg": float, "cfg_interval": float, "temperature": float, "top_k": int,
+                 "top_p": float}
+
+
+def parse_sampling(text):
+    """--sampling "cfg=1,top_p=0.8" -> the config's "sampling" object: the defaults a
+    request or the CLI gets when it names none (upstream's values otherwise)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in SAMPLING_KEYS:
+            raise ConvertError("--sampling: %s is not one of %s" % (key, ", ".join(SAMPLING_KEYS)))
+        try:
+            out[key] = SAMPLING_KEYS[key](value)
+        except ValueError:
+            raise ConvertError("--sampling: %s=%s is not a number" % (key, value))
+    return out
+
+
 def drop_unused_gpt(sd):
     return {k: v for k, v in sd.items() if k not in GPT_DROPPED}
 
@@ -416,6 +436,8 @@ def convert_llamagen(args):
         "image_size": args.image_size,
         "gpt": dict({"file": "gpt.safetensors"}, **gpt_cfg),
     }
+    if args.sampling:
+        config["sampling"] = parse_sampling(args.sampling)
     if vq_cfg:
         meta = {"source": os.path.basename(args.vq), "format": "pt"}
         stfile.save(os.path.join(args.out, "vq.safetensors"), vq_sd, meta, cast=dtype)
@@ -1271,6 +1293,9 @@ def main(argv=None):
     p.add_argument("--downsample", type=int, default=16,
                    help="VQ downsample factor, used only without --vq")
     p.add_argument("--name", help="display name (default from the size)")
+    p.add_argument("--sampling", metavar="K=V,...",
+                   help="default sampling of the model, e.g. cfg=1,top_p=0.8 (keys: cfg, "
+                        "cfg_interval, temperature, top_k, top_p; upstream's otherwise)")
 
     m = sub.add_parser("maskgen", help="MaskGen-VQ text-to-image: generator + TA-TiTok VQ "
                                        "tokenizer + CLIP text tower")

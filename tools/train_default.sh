@@ -22,6 +22,7 @@ mkdir -p "$work" "$out/eval"
     --out "$out/eval/classifier.safetensors" --seed "$seed" --threads 1
 "$py" "$here/convert.py" llamagen --gpt "$work/gpt.pt" --vq "$work/vq.pt" --image-size 64 \
     --n-head 4 --dtype bf16 --classes "$work/classes.txt" --out "$out" \
+    --sampling cfg=1,top_p=0.8 \
     --name "Tessera emoji 64px (LlamaGen architecture, trained by tools/train_default.sh)"
 # The tokenizer's encoder is not served, but tools/quality.py measures reconstruction with it.
 "$py" "$here/export_vq_encoder.py" "$work/vq.pt" "$out/eval/vq_encoder.safetensors"
