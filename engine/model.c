@@ -80,7 +80,8 @@ static int parse_c2i_sampling(const json_t *root, ts_gen_params *p, ts_error *er
                          .sample = {.temperature = 1.0f, .top_k = 2000, .top_p = 1.0f}};
     const json_t *s = json_object_get(root, "sampling");
     if (!s) return TS_OK;
-    if (!json_is_object(s)) return ts_fail(err, TS_ERR_CONFIG, "config: \"sampling\" must be an object");
+    if (!json_is_object(s))
+        return ts_fail(err, TS_ERR_CONFIG, "config: \"sampling\" must be an object");
     const char *k;
     const json_t *v;
     json_object_foreach((json_t *)s, k, v) {
@@ -90,7 +91,7 @@ static int parse_c2i_sampling(const json_t *root, ts_gen_params *p, ts_error *er
                            "(cfg, cfg_interval, temperature, top_k, top_p)", k);
     }
     int rc = 0;
-    if (!rc && json_object_get(s, "cfg"))
+    if (json_object_get(s, "cfg"))
         rc = ts_json_float(s, "sampling", "cfg", 0.0, 100.0, &p->cfg_scale, err);
     if (!rc && json_object_get(s, "cfg_interval"))
         rc = ts_json_float(s, "sampling", "cfg_interval", -1.0, 1e6, &p->cfg_interval, err);

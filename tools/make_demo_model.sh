@@ -2,7 +2,8 @@
 # Makes a small RANDOM-WEIGHT LlamaGen model folder for a first run: the real
 # architecture (GPT with 2D RoPE + VQ-16 decoder) at reduced width, converted with
 # tools/convert.py exactly like an official checkpoint. Its images are noise-like
-# patterns, not pictures: a trained default model ships in a later release.
+# patterns, not pictures; the benchmarks use it for its 256-token images (the trained
+# default model, models/emoji-64, has 64).
 #   usage: tools/make_demo_model.sh OUT_DIR
 set -euo pipefail
 out=${1:?usage: tools/make_demo_model.sh OUT_DIR}
