@@ -9,6 +9,7 @@
 
 #include <check.h>
 #include <dirent.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "engine/error.h"
+#include "engine/safetensors.h"
 
 /* Asserts that a call returned TS_OK, showing the error message when it did not. */
 #define ts_ck_ok(rc, err)                                                             \
@@ -83,6 +85,28 @@ static inline int ts_ck_write_file(const char *path, const void *data, size_t le
     size_t wrote = len ? fwrite(data, 1, len, fp) : 0;
     int closed = fclose(fp);
     return wrote == len && closed == 0 ? 0 : -1;
+}
+
+/* The data of a fixture's expected tensor name, checked to hold n values of dtype t. */
+static inline const void *ts_ck_expect(const ts_st_file *f, const char *name, ts_dtype t,
+                                       size_t n)
+{
+    const ts_st_tensor *x = ts_st_find(f, name);
+    ck_assert_msg(x != NULL, "fixture lacks %s", name);
+    ck_assert_int_eq(x->dtype, t);
+    ck_assert_uint_eq(x->nbytes, n * ts_dtype_size(t));
+    return x->data;
+}
+
+/* max |a - b| over max |b|, per row of n */
+static inline double ts_ck_row_rel_err(const float *a, const float *b, int n)
+{
+    double err = 0, scale = 0;
+    for (int i = 0; i < n; i++) {
+        err = fmax(err, fabs((double)a[i] - b[i]));
+        scale = fmax(scale, fabs((double)b[i]));
+    }
+    return err / fmax(scale, 1e-30);
 }
 
 /* Runs the suites (fork mode unless CK_FORK says otherwise) and returns a process exit

@@ -62,22 +62,7 @@ static void fixture_close(fixture *f)
 
 static const void *expect(fixture *f, const char *name, ts_dtype t, size_t n)
 {
-    const ts_st_tensor *x = ts_st_find(f->expected, name);
-    ck_assert_msg(x != NULL, "fixture lacks %s", name);
-    ck_assert_int_eq(x->dtype, t);
-    ck_assert_uint_eq(x->nbytes, n * ts_dtype_size(t));
-    return x->data;
-}
-
-/* max |a - b| over max |b|, per row of n */
-static double row_rel_err(const float *a, const float *b, int n)
-{
-    double err = 0, scale = 0;
-    for (int i = 0; i < n; i++) {
-        err = fmax(err, fabs((double)a[i] - b[i]));
-        scale = fmax(scale, fabs((double)b[i]));
-    }
-    return err / fmax(scale, 1e-30);
+    return ts_ck_expect(f->expected, name, t, n);
 }
 
 static ts_kv_cache *make_kv(fixture *f, int n_blocks)
@@ -186,7 +171,7 @@ static void check_head(fixture *f, int i, const char *dir)
     for (int j = 0; j < k; j++) {
         const int32_t *prev = j ? &toks[(size_t)i * k + j - 1] : NULL;
         ts_ck_ok(far_head_step(g, j, prev, logits, &err), err);
-        double e = row_rel_err(logits, want + ((size_t)i * k + j) * V, V);
+        double e = ts_ck_row_rel_err(logits, want + ((size_t)i * k + j) * V, V);
         ck_assert_msg(e <= 1e-4, "%s position %d sub-token %d: logits rel err %g", dir, i, j, e);
     }
     free(logits);
@@ -211,7 +196,7 @@ static void check_teacher_forced(const char *dir)
         far_seq s = {t, 1, ids + (size_t)t * k, table};
         ts_ck_ok(far_trunk_forward(g, kv, &s, 1, &err), err);
         ts_be_download(f.be, h, far_hidden(g), (size_t)D);
-        double e = row_rel_err(h, hid + (size_t)t * D, D);
+        double e = ts_ck_row_rel_err(h, hid + (size_t)t * D, D);
         ck_assert_msg(e <= 1e-4, "%s position %d: trunk output rel err %g", dir, t, e);
         check_head(&f, t, dir);
     }
@@ -224,12 +209,12 @@ static void check_teacher_forced(const char *dir)
             far_seq s = {0, split, ids, table};
             ts_ck_ok(far_trunk_forward(g, kv, &s, 1, &err), err);
             ts_be_download(f.be, h, far_hidden(g), (size_t)D);
-            ck_assert(row_rel_err(h, hid + (size_t)(split - 1) * D, D) <= 1e-4);
+            ck_assert(ts_ck_row_rel_err(h, hid + (size_t)(split - 1) * D, D) <= 1e-4);
         }
         far_seq s = {split, L - split, ids + (size_t)split * k, table};
         ts_ck_ok(far_trunk_forward(g, kv, &s, 1, &err), err);
         ts_be_download(f.be, h, far_hidden(g), (size_t)D);
-        double e = row_rel_err(h, hid + (size_t)(L - 1) * D, D);
+        double e = ts_ck_row_rel_err(h, hid + (size_t)(L - 1) * D, D);
         ck_assert_msg(e <= 1e-4, "%s prefill split %d: rel err %g", dir, split, e);
         check_head(&f, L - 1, dir);
         ts_kv_cache_destroy(kv);
@@ -279,7 +264,7 @@ static void check_guided_logits(const char *dir)
             for (int img = 0; img < 3; img++) {
                 const float *cond = logits + (size_t)2 * img * V;
                 ts_cfg_combine(guided, cond, cond + V, V, 4.0f);
-                double e = row_rel_err(guided, want + (((size_t)img * L + t) * k + j) * V, V);
+                double e = ts_ck_row_rel_err(guided, want + (((size_t)img * L + t) * k + j) * V, V);
                 worst = fmax(worst, e);
                 ck_assert_msg(e <= 1e-4, "%s image %d position %d sub-token %d: guided logits "
                               "rel err %g", dir, img, t, j, e);

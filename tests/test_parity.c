@@ -39,22 +39,7 @@ static void fixture_close(fixture *f)
 
 static const void *expect(fixture *f, const char *name, ts_dtype t, size_t n)
 {
-    const ts_st_tensor *x = ts_st_find(f->expected, name);
-    ck_assert_msg(x != NULL, "fixture lacks %s", name);
-    ck_assert_int_eq(x->dtype, t);
-    ck_assert_uint_eq(x->nbytes, n * ts_dtype_size(t));
-    return x->data;
-}
-
-/* max |a - b| over max |b|, per row of n */
-static double row_rel_err(const float *a, const float *b, int n)
-{
-    double err = 0, scale = 0;
-    for (int i = 0; i < n; i++) {
-        err = fmax(err, fabs((double)a[i] - b[i]));
-        scale = fmax(scale, fabs((double)b[i]));
-    }
-    return err / fmax(scale, 1e-30);
+    return ts_ck_expect(f->expected, name, t, n);
 }
 
 /* Teacher-forced logits three ways: one token per step (decode path), the whole
@@ -81,7 +66,7 @@ static void check_logits(const char *dir)
             for (int t = 0; t < L; t++) {
                 llamagen_seq s = {t, 1, &ids[t], table};
                 ck_assert_msg(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err) == 0, "%s", err.msg);
-                double e = row_rel_err(logits, want + (size_t)t * V, V);
+                double e = ts_ck_row_rel_err(logits, want + (size_t)t * V, V);
                 ck_assert_msg(e <= 1e-4, "%s decode step %d: rel err %g", dir, t, e);
             }
         } else {
@@ -89,11 +74,11 @@ static void check_logits(const char *dir)
             if (split) {
                 llamagen_seq s = {0, split, ids, table};
                 ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), 0);
-                ck_assert(row_rel_err(logits, want + (size_t)(split - 1) * V, V) <= 1e-4);
+                ck_assert(ts_ck_row_rel_err(logits, want + (size_t)(split - 1) * V, V) <= 1e-4);
             }
             llamagen_seq s = {split, L - split, ids + split, table};
             ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), 0);
-            double e = row_rel_err(logits, want + (size_t)(L - 1) * V, V);
+            double e = ts_ck_row_rel_err(logits, want + (size_t)(L - 1) * V, V);
             ck_assert_msg(e <= 1e-4, "%s prefill split %d: rel err %g", dir, split, e);
         }
         ts_kv_cache_destroy(kv);
