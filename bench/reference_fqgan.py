@@ -73,8 +73,10 @@ def to_device(far, vq, device, dtype):
 
 def upstream_bf16_islands():
     """fqgan_ref computes in fp32 throughout; in bf16, upstream's RMSNorm and RoPE compute in
-    fp32 and cast back to the input's dtype. Patch the module's two helpers to do that."""
-    rope = fqgan_ref.apply_rope
+    fp32 and cast back to the input's dtype. Patch the two helpers to do that, where the
+    blocks (llamagen_ref.llama_block) and FAR's final norm (fqgan_ref) look them up."""
+    lref = fqgan_ref.lref
+    rope = lref.apply_rope
 
     def apply_rope(x, table):
         return rope(x, table).type_as(x)
@@ -84,7 +86,8 @@ def upstream_bf16_islands():
         return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + eps)).type_as(x) \
             * weight
 
-    fqgan_ref.apply_rope = apply_rope
+    lref.apply_rope = apply_rope
+    lref.rms_norm = rms_norm
     fqgan_ref.rms_norm = rms_norm
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llamagen_ref as lref  # noqa: E402
-from llamagen_ref import apply_rope, convert, rms_norm, rope_table_2d, sample_logits  # noqa
+from llamagen_ref import convert, llama_block, rms_norm, rope_table_2d, sample_logits  # noqa
 from llamagen_ref import stfile, to_uint8  # noqa: E402,F401
 
 
@@ -103,35 +103,8 @@ class FarRef:
         return F.linear(cat, self.w["aggregation_layer.weight"],
                         self.w["aggregation_layer.bias"])
 
-    # --- the LlamaGen block, under either prefix -------------------------------------
-
-    def _attention(self, p, x, pos, cache, i):
-        """x [B, S, dim] at positions pos [S] (rows of the trunk's rotary table);
-        cache[i] holds earlier (k, v) of this sequence, which starts at position 0."""
-        q, k, v = F.linear(x, self.w[p + "attention.wqkv.weight"]).split(self.dim, dim=-1)
-        shape = (x.shape[0], x.shape[1], self.n_head, self.head_dim)
-        table = self.rope[pos]
-        q = apply_rope(q.reshape(shape), table).transpose(1, 2)     # [B, H, S, hd]
-        k = apply_rope(k.reshape(shape), table).transpose(1, 2)
-        v = v.reshape(shape).transpose(1, 2)
-        if cache is not None:
-            if cache[i] is not None:
-                k = torch.cat([cache[i][0], k], dim=2)
-                v = torch.cat([cache[i][1], v], dim=2)
-            cache[i] = (k, v)
-        allowed = torch.arange(k.shape[2])[None, :] <= pos[:, None]  # [S, T]
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(x.shape)
-        return F.linear(out, self.w[p + "attention.wo.weight"])
-
     def _block(self, p, h, pos, cache, i):
-        x = rms_norm(h, self.w[p + "attention_norm.weight"], self.eps)
-        h = h + self._attention(p, x, pos, cache, i)
-        x = rms_norm(h, self.w[p + "ffn_norm.weight"], self.eps)
-        gate = F.silu(F.linear(x, self.w[p + "feed_forward.w1.weight"]))
-        up = F.linear(x, self.w[p + "feed_forward.w3.weight"])
-        return h + F.linear(gate * up, self.w[p + "feed_forward.w2.weight"])
+        return llama_block(self.w, p, h, pos, self.rope, self.n_head, self.eps, cache, i)
 
     def trunk(self, h, pos, cache=None):
         """h [B, S, dim] at positions pos [S] -> trunk output [B, S, dim], before `norm`."""

@@ -72,6 +72,36 @@ def rms_norm(x, weight, eps):
     return x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * weight
 
 
+def llama_block(w, p, h, pos, rope, n_head, eps, cache=None, i=0):
+    """One LlamaGen TransformerBlock over the weights named p + "...": h [B, S, dim] at
+    rows pos [S] of the rotary table rope. cache (a list, or None) holds at cache[i] the
+    earlier (k, v) of this sequence, which starts at row 0, and is extended in place.
+    FQGAN's FAR runs its trunk and its head with the same block (fqgan_ref.py)."""
+    dim = h.shape[-1]
+    head_dim = dim // n_head
+    x = rms_norm(h, w[p + "attention_norm.weight"], eps)
+    q, k, v = F.linear(x, w[p + "attention.wqkv.weight"]).split(dim, dim=-1)
+    shape = (x.shape[0], x.shape[1], n_head, head_dim)
+    table = rope[pos]
+    q = apply_rope(q.reshape(shape), table).transpose(1, 2)     # [B, H, S, hd]
+    k = apply_rope(k.reshape(shape), table).transpose(1, 2)
+    v = v.reshape(shape).transpose(1, 2)
+    if cache is not None:
+        if cache[i] is not None:
+            k = torch.cat([cache[i][0], k], dim=2)
+            v = torch.cat([cache[i][1], v], dim=2)
+        cache[i] = (k, v)
+    allowed = torch.arange(k.shape[2])[None, :] <= pos[:, None]  # [S, T]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(x.shape)
+    h = h + F.linear(out, w[p + "attention.wo.weight"])
+    x = rms_norm(h, w[p + "ffn_norm.weight"], eps)
+    gate = F.silu(F.linear(x, w[p + "feed_forward.w1.weight"]))
+    return h + F.linear(gate * F.linear(x, w[p + "feed_forward.w3.weight"]),
+                        w[p + "feed_forward.w2.weight"])
+
+
 class GptRef:
     """LlamaGen c2i transformer over upstream-named fp32 weights."""
 
@@ -106,43 +136,14 @@ class GptRef:
     def embed_tokens(self, ids):
         return self.w["tok_embeddings.weight"][ids]
 
-    def _attention(self, i, x, pos, cache):
-        """x [B, S, dim] at sequence positions pos [S]; cache[i] holds earlier (k, v)."""
-        w = self.w["layers.%d.attention.wqkv.weight" % i]
-        q, k, v = F.linear(x, w).split(self.dim, dim=-1)
-        shape = (x.shape[0], x.shape[1], self.n_head, self.head_dim)
-        table = self.rope[pos]
-        q = apply_rope(q.reshape(shape), table).transpose(1, 2)     # [B, H, S, hd]
-        k = apply_rope(k.reshape(shape), table).transpose(1, 2)
-        v = v.reshape(shape).transpose(1, 2)
-        if cache is not None:
-            if cache[i] is not None:
-                k = torch.cat([cache[i][0], k], dim=2)
-                v = torch.cat([cache[i][1], v], dim=2)
-            cache[i] = (k, v)
-        # Keys sit at positions 0..T-1 (the cache always starts at the class token).
-        allowed = torch.arange(k.shape[2])[None, :] <= pos[:, None]  # [S, T]
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v
-        out = out.transpose(1, 2).reshape(x.shape)
-        return F.linear(out, self.w["layers.%d.attention.wo.weight" % i])
-
-    def _feed_forward(self, i, x):
-        p = "layers.%d.feed_forward." % i
-        gate = F.silu(F.linear(x, self.w[p + "w1.weight"]))
-        return F.linear(gate * F.linear(x, self.w[p + "w3.weight"]), self.w[p + "w2.weight"])
-
     def forward(self, h, pos, cache=None):
         """h [B, S, dim] embeddings at positions pos (LongTensor [S]) -> logits [B, S, V].
 
         cache: a list with one entry per layer (None at first), extended in place.
         """
         for i in range(self.cfg["n_layer"]):
-            p = "layers.%d." % i
-            h = h + self._attention(i, rms_norm(h, self.w[p + "attention_norm.weight"],
-                                                self.eps), pos, cache)
-            h = h + self._feed_forward(i, rms_norm(h, self.w[p + "ffn_norm.weight"], self.eps))
+            h = llama_block(self.w, "layers.%d." % i, h, pos, self.rope, self.n_head, self.eps,
+                            cache, i)
         h = rms_norm(h, self.w["norm.weight"], self.eps)
         return F.linear(h, self.w["output.weight"]).float()
 
