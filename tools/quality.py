@@ -34,8 +34,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 import stfile  # noqa: E402
-from llamagen_ref import VqDecoderRef, load_model_dir  # noqa: E402
-from llamagen_modules import Encoder  # noqa: E402
+from llamagen_ref import VqDecoderRef  # noqa: E402
+from llamagen_modules import Encoder, Quantizer  # noqa: E402
 from train_classifier import load_classifier  # noqa: E402
 from train_vq import psnr, to_tensor  # noqa: E402
 
@@ -74,8 +74,8 @@ def classify(model_dir, images, labels):
 def reconstruct(model_dir, images):
     """Encode with the shipped encoder, quantize on the l2-normalised codebook, decode:
     -> (PSNR in dB, reconstructions in [-1, 1])."""
-    _, _, config = load_model_dir(model_dir)
-    v = config["vq"]
+    with open(os.path.join(model_dir, "config.json")) as f:
+        v = json.load(f)["vq"]
     decoder = VqDecoderRef(v, stfile.load(os.path.join(model_dir, v["file"])))
     enc_w = stfile.load(os.path.join(model_dir, "eval", "vq_encoder.safetensors"))
     encoder = Encoder(v["ch"], v["ch_mult"], v["num_res_blocks"], v["z_channels"])
@@ -83,12 +83,10 @@ def reconstruct(model_dir, images):
                              if k.startswith("encoder.")})
     encoder.eval()
     qw, qb = enc_w["quant_conv.weight"].float(), enc_w["quant_conv.bias"].float()
-    book = torch.nn.functional.normalize(decoder.w["quantize.embedding.weight"], dim=-1)
+    quantizer = Quantizer(v["codebook_size"], v["codebook_embed_dim"])
+    quantizer.embedding.weight.data = decoder.w["quantize.embedding.weight"]
     x = to_tensor(images)
-    z = torch.nn.functional.conv2d(encoder(x), qw, qb)
-    b, c, h, w = z.shape
-    z = torch.nn.functional.normalize(z.permute(0, 2, 3, 1).reshape(-1, c), dim=-1)
-    codes = torch.argmax(z @ book.t(), dim=1).reshape(b, h * w)
+    _, codes, _ = quantizer(torch.nn.functional.conv2d(encoder(x), qw, qb))
     rec = decoder.decode(codes)
     return psnr(rec, x), rec.clamp(-1, 1)
 
