@@ -9,7 +9,8 @@
 # times `tessera generate --n BATCH` (one prompt, 16 steps, CFG, upstream's demo settings)
 # on the GPU and prints images/s for the generator alone (the paper's measure: A100 batch 64,
 # 30.3 img/s for L and 18.5 for XL), and the text-encoder and decoder times apart.
-# Not yet run: no GPU has been available to the sessions that wrote it.
+# Environment: TESSERA and TEST_CUDA name prebuilt binaries (bench/fetch_upstream.sh's pack,
+# for a device machine without Tessera's C build dependencies); unset, it builds with make.
 set -euo pipefail
 BATCH=64 SIZES="L XL"
 while [ $# -gt 0 ]; do
@@ -24,8 +25,11 @@ cd "$ROOT"
 PY=${PYTHON:-python3}
 WORK=${BENCH_CACHE:-/tmp/tessera_gpu_maskgen}
 mkdir -p "$WORK"
-make -s -j"$(nproc)" CUDA=1 build/tessera build/tests/test_cuda >&2
-build/tests/test_cuda >&2
+if [ -z "${TESSERA:-}" ]; then
+    make -s -j"$(nproc)" CUDA=1 build/tessera build/tests/test_cuda >&2
+    TESSERA=build/tessera TEST_CUDA=build/tests/test_cuda
+fi
+[ -z "${TEST_CUDA:-}" ] || "$TEST_CUDA" >&2 || echo "gpu_maskgen.sh: test_cuda failed" >&2
 echo "| model | batch | text (s) | 16 steps (s) | generator img/s | decode (s) | paper (A100) |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for size in $SIZES; do
@@ -37,8 +41,8 @@ for size in $SIZES; do
         --dtype bf16 --out "$model" >&2
     args=(--model "$model" --prompt "a photo of a red fox in the snow" --device cuda --seed 0
           --n "$BATCH" --tokens-out "$WORK/tok-$size.txt")
-    build/tessera generate "${args[@]}" --n 2 --quiet   # warm-up (graph capture, cuBLAS)
-    line=$(build/tessera generate "${args[@]}" 2>&1 | grep "image(s) in")
+    "$TESSERA" generate "${args[@]}" --n 2 --quiet   # warm-up (graph capture, cuBLAS)
+    line=$("$TESSERA" generate "${args[@]}" 2>&1 | grep "image(s) in")
     read -r text steps dec < <(echo "$line" |
         sed -E 's/.*text ([0-9.]+) s, [0-9]+ steps ([0-9.]+) s, decode ([0-9.]+) s.*/\1 \2 \3/')
     paper=$([ "$size" = L ] && echo 30.3 || echo 18.5)

@@ -162,8 +162,10 @@ static int warm_masked(ts_worker *w, ts_error *err)
         pp[i] = &p;
         prp[i] = &pr;
     }
-    if ((rc = ts_masked_step(mm, pp, prp, steps, seeds, n, rows, NULL, err)) ||
-        (rc = titok_decode(mm->dec, ids, pr.text, 1, NULL, rgb, err))) {
+    rc = ts_masked_step(mm, pp, prp, steps, seeds, n, rows, NULL, err);
+    /* One step leaves most positions masked; the decode needs real codes (any will do). */
+    if (!rc) memset(ids, 0, (size_t)N * sizeof *ids);
+    if (rc || (rc = titok_decode(mm->dec, ids, pr.text, 1, NULL, rgb, err))) {
         char msg[TS_ERROR_MSG_MAX];
         snprintf(msg, sizeof msg, "%s", err->msg);
         ts_fail(err, rc, "a masked step of --max-batch %d images does not fit: %s", n, msg);
