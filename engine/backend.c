@@ -170,6 +170,11 @@ void ts_be_activation(ts_backend *be, float *out, const float *x, size_t n, ts_a
 {
     if (n > 0) be->ops->activation(be, out, x, n, act);
 }
+void ts_be_act_mul(ts_backend *be, float *out, const float *a, const float *b, size_t n,
+                   ts_act act)
+{
+    if (n > 0) be->ops->act_mul(be, out, a, b, n, act);
+}
 void ts_be_modulate(ts_backend *be, float *out, const float *x, const float *shift,
                     const float *scale, int mod_stride, int m, int dim, int rows_per_item)
 {
@@ -192,6 +197,14 @@ void ts_be_attention_dense(ts_backend *be, float *out, const float *q, const flo
     if (n_seq > 0 && seq_len > 0)
         be->ops->attention_dense(be, out, q, k, v, stride, n_head, head_dim, rows, n_seq,
                                  seq_len, causal);
+}
+void ts_be_attention_bias(ts_backend *be, float *out, const float *q, const float *k,
+                          const float *v, int stride, int n_head, int head_dim, int n_seq,
+                          int seq_len, const float *bias, const int32_t *kv_len, float scale)
+{
+    if (n_seq > 0 && seq_len > 0 && n_head > 0)
+        be->ops->attention_bias(be, out, q, k, v, stride, n_head, head_dim, n_seq, seq_len, bias,
+                                kv_len, scale);
 }
 void ts_be_masked_pick(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
                        int n, int n_pos, int vocab)

@@ -152,12 +152,13 @@ void ts_be_attention(ts_backend *be, float *out, const float *q, int q_stride,
  * The result is on the host when the call returns (a GPU backend syncs here, once). */
 void ts_be_sample(ts_backend *be, int32_t *tokens, const ts_sample_row *rows, int n, int vocab);
 
-/* ---- ViT / MM-DiT ops (CLIP text tower, MaskGen, TA-TiTok) ---- */
+/* ---- ViT / MM-DiT ops (CLIP text tower, MaskGen, TA-TiTok, T5's encoder) ---- */
 typedef enum ts_act {
     TS_ACT_GELU,         /* exact: x * Phi(x) with erf */
     TS_ACT_GELU_TANH,    /* the tanh approximation (diffusers "gelu-approximate") */
     TS_ACT_QUICK_GELU,   /* x * sigmoid(1.702 x), OpenAI CLIP */
     TS_ACT_SILU,         /* x * sigmoid(x) */
+    TS_ACT_RELU,         /* max(x, 0) (T5 v1.0's feed-forward) */
 } ts_act;
 
 /* out[i] = (x[i] - mean) / sqrt(var + eps) (* w + b when w, b are non-NULL; either may
@@ -166,6 +167,10 @@ void ts_be_layernorm(ts_backend *be, float *out, const float *x, const float *w,
                      const float *b, int m, int dim, float eps);
 /* out[i] = act(x[i]); may alias. */
 void ts_be_activation(ts_backend *be, float *out, const float *x, size_t n, ts_act act);
+/* Gated activation: out[i] = act(a[i]) * b[i], rounded as float (T5's gated-gelu
+ * feed-forward: act of wi_0's output times wi_1's). out may alias a or b. */
+void ts_be_act_mul(ts_backend *be, float *out, const float *a, const float *b, size_t n,
+                   ts_act act);
 /* adaLN: row r of [m, dim] belongs to item j = r / rows_per_item, whose shift and scale
  * vectors (dim floats each) start at shift + j * mod_stride and scale + j * mod_stride;
  * out[r] = x[r] * (1 + scale_j) + shift_j. shift may be NULL (no shift). May alias. */
@@ -185,6 +190,21 @@ void ts_be_scatter_add_rows(ts_backend *be, float *x, const float *y, const int3
 void ts_be_attention_dense(ts_backend *be, float *out, const float *q, const float *k,
                            const float *v, int stride, int n_head, int head_dim,
                            const int32_t *rows, int n_seq, int seq_len, int causal);
+
+/* Attention with an additive bias and per-sequence key lengths, non-causal, no cache
+ * (T5's encoder): within each of n_seq sequences of seq_len positions, position p of
+ * sequence s is row s * seq_len + p of q, k and v (row stride `stride` floats, head h in
+ * columns [h*head_dim, (h+1)*head_dim)) and of out (row stride n_head*head_dim). Its
+ * logits are
+ *     l[h][p][j] = scale * (q_p . k_j) + bias[h][p][j]     for keys j < kv_len[s],
+ * keys j >= kv_len[s] are left out (weight exactly 0: padding), and the softmax is in
+ * float. bias is backend memory [n_head][seq_len][seq_len], or NULL (no bias); kv_len is
+ * host memory [n_seq], each in [1, seq_len], or NULL (every key). Every query row,
+ * padding included, is computed. A row depends only on its own sequence's first
+ * kv_len[s] keys, whatever the batch or seq_len. out must not alias q, k, v. */
+void ts_be_attention_bias(ts_backend *be, float *out, const float *q, const float *k,
+                          const float *v, int stride, int n_head, int head_dim, int n_seq,
+                          int seq_len, const float *bias, const int32_t *kv_len, float scale);
 
 /* One image's token picks in a masked-decoding step (ts_be_masked_pick). */
 typedef struct ts_masked_row {

@@ -43,6 +43,8 @@ typedef struct ts_backend_ops {
     void (*layernorm)(ts_backend *be, float *out, const float *x, const float *w,
                       const float *b, int m, int dim, float eps);
     void (*activation)(ts_backend *be, float *out, const float *x, size_t n, ts_act act);
+    void (*act_mul)(ts_backend *be, float *out, const float *a, const float *b, size_t n,
+                    ts_act act);
     void (*modulate)(ts_backend *be, float *out, const float *x, const float *shift,
                      const float *scale, int mod_stride, int m, int dim, int rows_per_item);
     void (*gated_add)(ts_backend *be, float *x, const float *y, const float *gate,
@@ -52,6 +54,9 @@ typedef struct ts_backend_ops {
     void (*attention_dense)(ts_backend *be, float *out, const float *q, const float *k,
                             const float *v, int stride, int n_head, int head_dim,
                             const int32_t *rows, int n_seq, int seq_len, int causal);
+    void (*attention_bias)(ts_backend *be, float *out, const float *q, const float *k,
+                           const float *v, int stride, int n_head, int head_dim, int n_seq,
+                           int seq_len, const float *bias, const int32_t *kv_len, float scale);
     void (*masked_pick)(ts_backend *be, int32_t *ids, float *logit, const ts_masked_row *rows,
                         int n, int n_pos, int vocab);
 

@@ -345,7 +345,7 @@ static int make_null_prefix(ar_lane *L, ts_error *err)
     ts_bm_unreserve(&L->bm, &reserve);
     if (rc) return rc;
     for (int i = 0; i < n; i++) L->ids[i] = c->num_classes;
-    llamagen_seq seq = {0, n, L->ids, L->null_prefix.blocks};
+    llamagen_seq seq = {.n_past = 0, .n_new = n, .ids = L->ids, .block_table = L->null_prefix.blocks};
     if ((rc = llamagen_forward(L->m->gpt, L->kv, &seq, 1, NULL, err))) return rc;
     ts_be_copy(L->m->be, L->null_logits, llamagen_logits(L->m->gpt),
                (size_t)c->vocab_size * sizeof(float));
@@ -561,7 +561,7 @@ static void set_row(ar_lane *L, int r, int pos, const ts_block_table *table, int
         ids[0] = cls;
         for (int j = 1; j < L->k; j++) ids[j] = 0;   /* ignored at a class position */
     }
-    L->rows[r] = (llamagen_seq){pos, 1, ids, table->blocks};
+    L->rows[r] = (llamagen_seq){.n_past = pos, .n_new = 1, .ids = ids, .block_table = table->blocks};
 }
 
 /* Whether image rows of g at its step t are a [cond, uncond] pair (else cond alone:

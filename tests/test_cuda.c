@@ -29,9 +29,11 @@
 #include <unistd.h>
 
 #include "engine/backend.h"
+#include "engine/config.h"
 #include "engine/generate.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/models/t5_encoder.h"
 
 #define TINY "tests/fixtures/llamagen_tiny"
 
@@ -894,10 +896,11 @@ END_TEST
 START_TEST(test_activation)
 {
     const size_t ns[] = {1, 1000, 67 * 3072 + 3};
-    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU};
+    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU,
+                           TS_ACT_RELU};
     for (int fp32 = 0; fp32 < 2; fp32++)
         for (size_t ni = 0; ni < 3; ni++)
-            for (size_t ai = 0; ai < 4; ai++) {
+            for (size_t ai = 0; ai < 5; ai++) {
                 ts_backend *gb = gpu_be[fp32];
                 size_t n = ns[ni];
                 begin_case("activation fp32=%d act=%d n=%zu", fp32, (int)acts[ai], n);
@@ -910,6 +913,34 @@ START_TEST(test_activation)
                 ts_be_activation(gb, x.g, x.g, n, acts[ai]);
                 expect_close("activation in place", &x, 0, n, 1e-5);
                 twin_free(&x);
+                twin_free(&out);
+            }
+}
+END_TEST
+
+/* Gated activations act(a) * b (T5's feed-forward), out of place and in place over a. */
+START_TEST(test_act_mul)
+{
+    const size_t ns[] = {1, 1000, 67 * 3072 + 3};
+    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU,
+                           TS_ACT_RELU};
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t ni = 0; ni < 3; ni++)
+            for (size_t ai = 0; ai < 5; ai++) {
+                ts_backend *gb = gpu_be[fp32];
+                size_t n = ns[ni];
+                begin_case("act_mul fp32=%d act=%d n=%zu", fp32, (int)acts[ai], n);
+                twin a = twin_rand(gb, n, 8.0f), b = twin_rand(gb, n, 3.0f);
+                twin out = twin_new(gb, NULL, n);
+                poison(gb, out.g, n);
+                ts_be_act_mul(cpu_be, out.c, a.c, b.c, n, acts[ai]);
+                ts_be_act_mul(gb, out.g, a.g, b.g, n, acts[ai]);
+                expect_close("act_mul", &out, 0, n, 1e-5);
+                ts_be_act_mul(cpu_be, a.c, a.c, b.c, n, acts[ai]);
+                ts_be_act_mul(gb, a.g, a.g, b.g, n, acts[ai]);
+                expect_close("act_mul in place", &a, 0, n, 1e-5);
+                twin_free(&a);
+                twin_free(&b);
                 twin_free(&out);
             }
 }
@@ -1025,6 +1056,64 @@ START_TEST(test_attention_dense)
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
             check_attention_dense(fp32, cases[c][0], cases[c][1], cases[c][2], cases[c][3],
                                   cases[c][4], cases[c][5], cases[c][6]);
+}
+END_TEST
+
+/* ts_be_attention_bias (T5's encoder) on both backends: q, k, v at column offsets 0, D,
+ * 2D of rows of stride 3D + extra, a bias table [n_head][seq_len][seq_len] (or none),
+ * key lengths per sequence including 1 and seq_len (or none). Every row of out, padded
+ * queries included, is compared (the GPU's poisoned first). Float in both modes: the
+ * product tolerance of the fp32 mode. */
+static void check_attention_bias(int fp32, int n_seq, int seq_len, int n_head, int hd, int extra,
+                                 int with_bias, int with_len, float scale)
+{
+    ts_backend *gb = gpu_be[fp32];
+    begin_case("attention_bias fp32=%d seqs %d len %d heads %d hd %d extra %d bias %d kv_len %d "
+               "scale %g", fp32, n_seq, seq_len, n_head, hd, extra, with_bias, with_len, scale);
+    int D = n_head * hd, stride = 3 * D + extra, M = n_seq * seq_len;
+    float *h = rand_host((size_t)M * stride, 1.0f);
+    for (int r = 0; r < M; r++)   /* K scaled up for a less uniform softmax */
+        for (int e = 0; e < D; e++) h[(size_t)r * stride + D + e] *= 3.0f;
+    twin qkv = twin_new(gb, h, (size_t)M * stride);
+    free(h);
+    twin bias = {0};
+    if (with_bias) bias = twin_rand(gb, (size_t)n_head * seq_len * seq_len, 4.0f);
+    int32_t *len = NULL;
+    if (with_len) {
+        len = xmalloc((size_t)n_seq * sizeof *len);
+        for (int s = 0; s < n_seq; s++) len[s] = s == 0 ? 1 : s == 1 ? seq_len : 1 + irand(seq_len);
+    }
+    twin out = twin_new(gb, NULL, (size_t)M * D);
+    poison(gb, out.g, out.n);
+    ts_be_attention_bias(cpu_be, out.c, qkv.c, qkv.c + D, qkv.c + 2 * D, stride, n_head, hd, n_seq,
+                         seq_len, with_bias ? bias.c : NULL, len, scale);
+    ts_be_attention_bias(gb, out.g, qkv.g, qkv.g + D, qkv.g + 2 * D, stride, n_head, hd, n_seq,
+                         seq_len, with_bias ? bias.g : NULL, len, scale);
+    expect_close("attention_bias", &out, 0, out.n, prod_tol(1));
+    twin_free(&qkv);
+    if (with_bias) twin_free(&bias);
+    twin_free(&out);
+    free(len);
+}
+
+START_TEST(test_attention_bias)
+{
+    /* n_seq, seq_len, n_head, head_dim, stride - 3D, bias, kv_len */
+    const int cases[][7] = {
+        {2, 120, 32, 64, 0, 1, 1},   /* FLAN-T5-XL: 32 heads of 64, 120-token prompts */
+        {4, 40, 4, 16, 0, 1, 1},     /* the t5_tiny fixture */
+        {3, 37, 3, 13, 5, 1, 1},     /* odd head_dim and stride */
+        {2, 200, 2, 200, 1, 1, 1},   /* head_dim above the block's 128 threads */
+        {1, 1, 1, 8, 0, 1, 1},       /* one position */
+        {2, 65, 2, 32, 0, 0, 1},     /* no bias */
+        {2, 50, 2, 32, 3, 1, 0},     /* no kv_len */
+        {2, 13000, 1, 16, 0, 0, 1},  /* scores past the default 48 KiB of shared memory */
+    };
+    const float scales[] = {1.0f, 1.0f, 0.5f, 1.0f, 1.0f, 0.125f, 1.0f, 1.0f};
+    for (int fp32 = 0; fp32 < 2; fp32++)
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            check_attention_bias(fp32, cases[c][0], cases[c][1], cases[c][2], cases[c][3],
+                                 cases[c][4], cases[c][5], cases[c][6], scales[c]);
 }
 END_TEST
 
@@ -1394,6 +1483,80 @@ START_TEST(test_model_generate)
 }
 END_TEST
 
+/* The T5 encoder fixture (tests/fixtures/t5_tiny, both models) on the GPU against the
+ * CPU backend and the PyTorch reference's valid rows: its right-padded batch (the
+ * encoder runs it 40 wide), then three of its sequences (run 17 wide, rows past that
+ * zero). fp32 mode within 1e-4 of the CPU; the bf16 mode (bf16 GEMM operands) within
+ * 2e-2. */
+static void check_t5(int fp32, const char *sec, const char *prefix)
+{
+    begin_case("t5 %s fp32=%d", sec, fp32);
+    ts_backend *gb = gpu_be[fp32];
+    ts_error err = {0};
+    json_t *root;
+    ts_ck_ok(ts_json_load_file("tests/fixtures/t5_tiny/config.json", &root, &err), err);
+    const json_t *js = json_object_get(root, sec);
+    ck_assert_ptr_nonnull(js);
+    t5_config cfg;
+    ts_ck_ok(t5_config_parse(js, &cfg, &err), err);
+    char path[256], name[64];
+    snprintf(path, sizeof path, "tests/fixtures/t5_tiny/%s",
+             json_string_value(json_object_get(js, "file")));
+    ts_st_file *wf, *ef;
+    ts_ck_ok(ts_st_open(path, &wf, &err), err);
+    ts_ck_ok(ts_st_open("tests/fixtures/t5_tiny/expected.safetensors", &ef, &err), err);
+    t5_encoder *mc, *mg;
+    ts_ck_ok(t5_encoder_load(cpu_be, &cfg, wf, &mc, &err), err);
+    ts_ck_ok(t5_encoder_load(gb, &cfg, wf, &mg, &err), err);
+    snprintf(name, sizeof name, "%slens", prefix);
+    const ts_st_tensor *tl = ts_st_find(ef, name);
+    snprintf(name, sizeof name, "%sids", prefix);
+    const ts_st_tensor *ti = ts_st_find(ef, name);
+    snprintf(name, sizeof name, "%shidden", prefix);
+    const ts_st_tensor *th = ts_st_find(ef, name);
+    ck_assert_msg(tl && ti && th, "%s: fixture tensors missing", case_label);
+    const int32_t *lens = tl->data, *ids = ti->data;
+    const float *want = th->data;
+    int n = (int)(tl->nbytes / 4), T = (int)(ti->nbytes / 4) / n, D = cfg.d_model;
+    double tol = fp32 ? 1e-4 : 2e-2;
+    for (int pass = 0; pass < 2; pass++) {
+        int first = pass ? 1 : 0, count = pass ? (n < 4 ? n - 1 : 3) : n;
+        size_t total = (size_t)count * T * D;
+        twin out = twin_new(gb, NULL, total);
+        poison(gb, out.g, total);
+        ts_ck_ok(t5_encoder_forward(mc, ids + (size_t)first * T, lens + first, count, T, out.c,
+                                    &err), err);
+        ts_ck_ok(t5_encoder_forward(mg, ids + (size_t)first * T, lens + first, count, T, out.g,
+                                    &err), err);
+        float *hc = xmalloc(total * 4), *hg = xmalloc(total * 4);
+        ts_be_download(cpu_be, hc, out.c, total);
+        ts_be_download(gb, hg, out.g, total);
+        expect_close_host(pass ? "t5 subset vs cpu" : "t5 batch vs cpu", hg, hc, total, tol);
+        for (int i = 0; i < count; i++) {   /* valid rows against the reference */
+            size_t off = (size_t)i * T * D, len = (size_t)lens[first + i] * D;
+            expect_close_host("t5 valid rows vs reference", hg + off,
+                              want + (size_t)(first + i) * T * D, len, tol);
+        }
+        twin_free(&out);
+        free(hc);
+        free(hg);
+    }
+    t5_encoder_free(mc);
+    t5_encoder_free(mg);
+    ts_st_close(wf);
+    ts_st_close(ef);
+    json_decref(root);
+}
+
+START_TEST(test_t5_encoder)
+{
+    for (int fp32 = 0; fp32 < 2; fp32++) {
+        check_t5(fp32, "t5", "");
+        check_t5(fp32, "t5_relu", "relu.");
+    }
+}
+END_TEST
+
 /* Decode steps of one shape, as a GPU backend may record once and replay as a graph:
  * four sequences with different contexts, one new token each, random token ids every
  * step, contexts growing by one per step. A full sequence is replaced by a fresh one
@@ -1434,7 +1597,7 @@ static void check_step_replay(int fp32, ts_model *mc)
         next_table += per_seq;
         ids[s][0] = irand(c->num_classes + 1);
         for (int i = 1; i < prefix[s]; i++) ids[s][i] = irand(V);
-        seqs[s] = (llamagen_seq){0, prefix[s], ids[s], tables[s]};
+        seqs[s] = (llamagen_seq){.n_past = 0, .n_new = prefix[s], .ids = ids[s], .block_table = tables[s]};
         n_past[s] = prefix[s];
     }
     for (int step = 0; step <= STEPS; step++) {
@@ -1449,7 +1612,7 @@ static void check_step_replay(int fp32, ts_model *mc)
                     n_past[s] = 0;
                 }
                 ids[s][0] = n_past[s] < c->cls_token_num ? irand(c->num_classes + 1) : irand(V);
-                seqs[s] = (llamagen_seq){n_past[s], 1, ids[s], tables[s]};
+                seqs[s] = (llamagen_seq){.n_past = n_past[s], .n_new = 1, .ids = ids[s], .block_table = tables[s]};
             }
         }
         for (size_t i = 0; i < (size_t)n * V; i++) lg[i] = poison_value();
@@ -1611,6 +1774,8 @@ int main(void)
     tcase_add_test(ops, test_modulate_gated_add);
     tcase_add_test(ops, test_scatter_add_rows);
     tcase_add_test(ops, test_attention_dense);
+    tcase_add_test(ops, test_attention_bias);
+    tcase_add_test(ops, test_act_mul);
     tcase_add_test(ops, test_masked_pick);
     tcase_add_test(ops, test_vit_step_replay);
     suite_add_tcase(s, ops);
@@ -1621,6 +1786,7 @@ int main(void)
     tcase_add_test(model, test_model_generate);
     tcase_add_test(model, test_step_replay);
     tcase_add_test(model, test_maskgen_generate);
+    tcase_add_test(model, test_t5_encoder);
     suite_add_tcase(s, model);
     return ts_ck_run(&s, 1);
 }

@@ -478,6 +478,7 @@ static double act_ref(double x, ts_act act)
         return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
     case TS_ACT_QUICK_GELU: return x / (1.0 + exp(-1.702 * x));
     case TS_ACT_SILU: return x / (1.0 + exp(-x));
+    case TS_ACT_RELU: return x > 0 ? x : 0.0;
     }
     return NAN;
 }
@@ -485,9 +486,10 @@ static double act_ref(double x, ts_act act)
 START_TEST(test_activation)
 {
     const size_t ns[] = {1, 77, 100003};   /* the last spans several pool tasks */
-    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU};
+    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU,
+                           TS_ACT_RELU};
     for (size_t ni = 0; ni < 3; ni++)
-        for (size_t ai = 0; ai < 4; ai++)
+        for (size_t ai = 0; ai < 5; ai++)
             for (int alias = 0; alias < 2; alias++) {
                 size_t n = ns[ni];
                 float *x = rand_buf(n, 8.0f);
@@ -502,6 +504,32 @@ START_TEST(test_activation)
                               alias, e);
                 if (!alias) free(out);
                 free(x); free(ref);
+            }
+}
+END_TEST
+
+/* Gated activations act(a) * b (T5's feed-forward) against double, out of place and in
+ * place over either input. */
+START_TEST(test_act_mul)
+{
+    const size_t ns[] = {1, 77, 100003};
+    const ts_act acts[] = {TS_ACT_GELU, TS_ACT_GELU_TANH, TS_ACT_QUICK_GELU, TS_ACT_SILU,
+                           TS_ACT_RELU};
+    for (size_t ni = 0; ni < 3; ni++)
+        for (size_t ai = 0; ai < 5; ai++)
+            for (int alias = 0; alias < 3; alias++) {   /* none, out = a, out = b */
+                size_t n = ns[ni];
+                float *a = rand_buf(n, 8.0f), *b = rand_buf(n, 3.0f);
+                float *out = alias == 1 ? a : alias == 2 ? b : malloc(n * 4);
+                double *ref = malloc(n * 8);
+                for (size_t i = 0; i < n; i++) ref[i] = act_ref(a[i], acts[ai]) * b[i];
+                if (!alias) memset(out, 0xff, n * 4);
+                ts_be_act_mul(be, out, a, b, n, acts[ai]);
+                double e = max_rel(out, ref, n);
+                ck_assert_msg(e < 1e-5, "act_mul %d n=%zu alias=%d: rel err %g", (int)acts[ai], n,
+                              alias, e);
+                if (!alias) free(out);
+                free(a); free(b); free(ref);
             }
 }
 END_TEST
@@ -642,6 +670,93 @@ START_TEST(test_attention_dense)
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
         check_attention_dense(cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4],
                               cases[c][5], cases[c][6]);
+}
+END_TEST
+
+/* ts_be_attention_bias against a naive double loop: n_seq sequences of seq_len rows, q,
+ * k and v at column offsets 0, D and 2D of rows of `stride` floats (D = n_head *
+ * head_dim), an additive bias [n_head][seq_len][seq_len] (or none), key lengths per
+ * sequence (or none) and a scale. The outputs of every row, padding included, are
+ * compared; then each sequence alone (n_seq 1, seq_len = its kv_len) must give its
+ * first kv_len rows bit for bit: what the T5 encoder's batching relies on. */
+static void check_attention_bias(int n_seq, int seq_len, int n_head, int hd, int extra,
+                                 int with_bias, int with_len, float scale)
+{
+    int D = n_head * hd, stride = 3 * D + extra, M = n_seq * seq_len;
+    float *qkv = rand_buf((size_t)M * stride, 1.0f);
+    float *bias = with_bias ? rand_buf((size_t)n_head * seq_len * seq_len, 4.0f) : NULL;
+    int32_t *len = NULL;
+    if (with_len) {
+        len = malloc((size_t)n_seq * 4);
+        for (int s = 0; s < n_seq; s++)   /* 1, seq_len and values between */
+            len[s] = s == 0   ? 1
+                     : s == 1 ? seq_len
+                              : 1 + (int)((frand() + 1.0f) * 0.5f * seq_len) % seq_len;
+    }
+    float *out = malloc((size_t)M * D * 4);
+    double *ref = malloc((size_t)M * D * 8), *sc = malloc((size_t)seq_len * 8);
+    for (int s = 0; s < n_seq; s++) {
+        int nk = len ? len[s] : seq_len;
+        for (int p = 0; p < seq_len; p++)
+            for (int h = 0; h < n_head; h++) {
+                const float *qp = qkv + (size_t)(s * seq_len + p) * stride + h * hd;
+                double mx = -1e300, sum = 0;
+                for (int t = 0; t < nk; t++) {
+                    const float *kt = qkv + (size_t)(s * seq_len + t) * stride + D + h * hd;
+                    double d = 0;
+                    for (int e = 0; e < hd; e++) d += (double)qp[e] * kt[e];
+                    sc[t] = d * scale + (bias ? bias[((size_t)h * seq_len + p) * seq_len + t] : 0.0);
+                    mx = fmax(mx, sc[t]);
+                }
+                for (int t = 0; t < nk; t++) sum += (sc[t] = exp(sc[t] - mx));
+                for (int e = 0; e < hd; e++) {
+                    double o = 0;
+                    for (int t = 0; t < nk; t++)
+                        o += sc[t] / sum * qkv[(size_t)(s * seq_len + t) * stride + 2 * D + h * hd + e];
+                    ref[(size_t)(s * seq_len + p) * D + h * hd + e] = o;
+                }
+            }
+    }
+    memset(out, 0xff, (size_t)M * D * 4);   /* NaN: rows the op skips fail */
+    ts_be_attention_bias(be, out, qkv, qkv + D, qkv + 2 * D, stride, n_head, hd, n_seq, seq_len,
+                         bias, len, scale);
+    double e = max_rel(out, ref, (size_t)M * D);
+    ck_assert_msg(e < 1e-5, "attention_bias seqs %d len %d heads %d hd %d stride %d bias %d "
+                  "kv_len %d scale %g: rel err %g", n_seq, seq_len, n_head, hd, stride, with_bias,
+                  with_len, scale, e);
+    /* Sequence s alone, cut to its kv_len rows (the bias cut to match). */
+    for (int s = 0; len && s < n_seq; s++) {
+        int L = len[s];
+        float *qs = malloc((size_t)L * stride * 4), *os = malloc((size_t)L * D * 4);
+        float *bs = bias ? malloc((size_t)n_head * L * L * 4) : NULL;
+        memcpy(qs, qkv + (size_t)s * seq_len * stride, (size_t)L * stride * 4);
+        for (int h = 0; bs && h < n_head; h++)
+            for (int p = 0; p < L; p++)
+                memcpy(bs + ((size_t)h * L + p) * L, bias + ((size_t)h * seq_len + p) * seq_len,
+                       (size_t)L * 4);
+        ts_be_attention_bias(be, os, qs, qs + D, qs + 2 * D, stride, n_head, hd, 1, L, bs, &len[s],
+                             scale);
+        ck_assert_msg(memcmp(os, out + (size_t)s * seq_len * D, (size_t)L * D * 4) == 0,
+                      "attention_bias: sequence %d alone (%d rows) differs from the batch", s, L);
+        free(qs); free(os); free(bs);
+    }
+    free(qkv); free(bias); free(len); free(out); free(ref); free(sc);
+}
+
+START_TEST(test_attention_bias)
+{
+    /* n_seq, seq_len, n_head, head_dim, stride - 3D, bias, kv_len; then the scale */
+    const int cases[][7] = {
+        {4, 40, 4, 16, 0, 1, 1},    /* the t5_tiny fixture's shape */
+        {3, 120, 2, 64, 5, 1, 1},   /* FLAN-T5's head_dim and prompt length */
+        {2, 33, 3, 13, 1, 0, 1},    /* odd head_dim (vector tails), no bias */
+        {2, 17, 2, 8, 0, 1, 0},     /* no kv_len: every key */
+        {1, 1, 1, 5, 0, 1, 1},      /* one position */
+    };
+    const float scales[] = {1.0f, 0.125f, 1.0f, 0.5f, 1.0f};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        check_attention_bias(cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4],
+                             cases[c][5], cases[c][6], scales[c]);
 }
 END_TEST
 
@@ -789,6 +904,8 @@ int main(void)
     tcase_add_test(tc, test_modulate_gated_add);
     tcase_add_test(tc, test_scatter_add_rows);
     tcase_add_test(tc, test_attention_dense);
+    tcase_add_test(tc, test_attention_bias);
+    tcase_add_test(tc, test_act_mul);
     tcase_add_test(tc, test_masked_pick);
     tcase_add_test(tc, test_rng_gumbel);
     suite_add_tcase(s, tc);

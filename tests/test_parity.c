@@ -64,7 +64,7 @@ static void check_logits(const char *dir)
         int32_t table[8] = {6, 2, 7, 0, 5, 1, 3, 4};   /* scattered blocks */
         if (mode == 0) {
             for (int t = 0; t < L; t++) {
-                llamagen_seq s = {t, 1, &ids[t], table};
+                llamagen_seq s = {.n_past = t, .n_new = 1, .ids = &ids[t], .block_table = table};
                 ck_assert_msg(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err) == 0, "%s", err.msg);
                 double e = ts_ck_row_rel_err(logits, want + (size_t)t * V, V);
                 ck_assert_msg(e <= 1e-4, "%s decode step %d: rel err %g", dir, t, e);
@@ -72,11 +72,11 @@ static void check_logits(const char *dir)
         } else {
             int split = mode == 1 ? 0 : 5;
             if (split) {
-                llamagen_seq s = {0, split, ids, table};
+                llamagen_seq s = {.n_past = 0, .n_new = split, .ids = ids, .block_table = table};
                 ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), 0);
                 ck_assert(ts_ck_row_rel_err(logits, want + (size_t)(split - 1) * V, V) <= 1e-4);
             }
-            llamagen_seq s = {split, L - split, ids + split, table};
+            llamagen_seq s = {.n_past = split, .n_new = L - split, .ids = ids + split, .block_table = table};
             ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), 0);
             double e = ts_ck_row_rel_err(logits, want + (size_t)(L - 1) * V, V);
             ck_assert_msg(e <= 1e-4, "%s prefill split %d: rel err %g", dir, split, e);
@@ -213,11 +213,11 @@ START_TEST(test_bad_ids_refused)
     ck_assert_int_eq(ts_kv_cache_create(f.be, c->n_layer, c->n_kv_head, c->head_dim, 4, 8, &kv, &err), 0);
     int32_t table[8] = {0, 1, 2, 3, 4, 5, 6, 7}, bad_class = c->num_classes + 1, bad_tok = c->vocab_size;
     float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
-    llamagen_seq s = {0, 1, &bad_class, table};
+    llamagen_seq s = {.n_past = 0, .n_new = 1, .ids = &bad_class, .block_table = table};
     ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), TS_ERR_INVALID);
-    s = (llamagen_seq){1, 1, &bad_tok, table};
+    s = (llamagen_seq){.n_past = 1, .n_new = 1, .ids = &bad_tok, .block_table = table};
     ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), TS_ERR_INVALID);
-    s = (llamagen_seq){c->block_size, 2, table, table};   /* past the last position */
+    s = (llamagen_seq){.n_past = c->block_size, .n_new = 2, .ids = table, .block_table = table};   /* past the last position */
     ck_assert_int_eq(llamagen_forward(f.model->gpt, kv, &s, 1, logits, &err), TS_ERR_INVALID);
     int32_t cls = 3;
     ts_gen_params p = {4.0f, -1.0f, {1.0f, 1, 1.0f}, 0};

@@ -553,6 +553,7 @@ static inline float act_gelu_tanh(float x)
 
 static inline float act_quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
 static inline float act_silu(float x) { return x / (1.0f + expf(-x)); }
+static inline float act_relu(float x) { return x > 0.0f ? x : 0.0f; }
 
 /* Elements per activation task: a MaskGen MLP's hidden layer is ~10^6 floats, and erf
  * or tanh of each is worth spreading over the threads. */
@@ -579,6 +580,7 @@ static void act_task(void *ctx, int task, int thread)
     case TS_ACT_GELU_TANH:  for (size_t i = i0; i < i1; i++) o[i] = act_gelu_tanh(x[i]); break;
     case TS_ACT_QUICK_GELU: for (size_t i = i0; i < i1; i++) o[i] = act_quick_gelu(x[i]); break;
     case TS_ACT_SILU:       for (size_t i = i0; i < i1; i++) o[i] = act_silu(x[i]); break;
+    case TS_ACT_RELU:       for (size_t i = i0; i < i1; i++) o[i] = act_relu(x[i]); break;
     }
 }
 
@@ -586,6 +588,38 @@ static void cpu_activation(ts_backend *be, float *out, const float *x, size_t n,
 {
     act_job j = {out, x, n, act};
     ts_pool_run(cpu(be)->pool, (int)((n + ACT_CHUNK - 1) / ACT_CHUNK), act_task, &j);
+}
+
+typedef struct act_mul_job {
+    float *out;
+    const float *a, *b;
+    size_t n;
+    ts_act act;
+} act_mul_job;
+
+/* act(a[i]) * b[i], the product rounded once in float as torch's; a[i] and b[i] are
+ * read before out[i] is written, so out may alias either. */
+static void act_mul_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    act_mul_job *j = ctx;
+    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < j->n ? i0 + ACT_CHUNK : j->n;
+    float *o = j->out;
+    const float *a = j->a, *b = j->b;
+    switch (j->act) {
+    case TS_ACT_GELU:       for (size_t i = i0; i < i1; i++) o[i] = act_gelu(a[i]) * b[i]; break;
+    case TS_ACT_GELU_TANH:  for (size_t i = i0; i < i1; i++) o[i] = act_gelu_tanh(a[i]) * b[i]; break;
+    case TS_ACT_QUICK_GELU: for (size_t i = i0; i < i1; i++) o[i] = act_quick_gelu(a[i]) * b[i]; break;
+    case TS_ACT_SILU:       for (size_t i = i0; i < i1; i++) o[i] = act_silu(a[i]) * b[i]; break;
+    case TS_ACT_RELU:       for (size_t i = i0; i < i1; i++) o[i] = act_relu(a[i]) * b[i]; break;
+    }
+}
+
+static void cpu_act_mul(ts_backend *be, float *out, const float *a, const float *b, size_t n,
+                        ts_act act)
+{
+    act_mul_job j = {out, a, b, n, act};
+    ts_pool_run(cpu(be)->pool, (int)((n + ACT_CHUNK - 1) / ACT_CHUNK), act_mul_task, &j);
 }
 
 /* adaLN-Zero: x * (1 + scale) + shift with the item's vectors, torch's order of operations. */
@@ -709,6 +743,69 @@ static void cpu_attention_dense(ts_backend *be, float *out, const float *q, cons
     cpu_backend *c = cpu(be);
     dattn_job j = {out, q, k, v, stride, n_head, head_dim, rows, seq_len, causal, c};
     ts_pool_run(c->pool, n_seq * n_head, dattn_task, &j);
+}
+
+typedef struct battn_job {
+    float *out;
+    const float *q, *k, *v, *bias;
+    const int32_t *kv_len;
+    int stride, n_head, head_dim, seq_len;
+    float scale;
+    cpu_backend *be;
+} battn_job;
+
+/* One (sequence, head) pair of ts_be_attention_bias: for every query row, the scores
+ * against the sequence's first kv_len keys (dot_f32, fixed order), a float softmax, and
+ * the weighted sum of values (axpy_f32): paged attention's loops, without sgemm: a
+ * T5 prompt is ~100 tokens, its attention a small share of the layer, and this way a
+ * row's result does not depend on seq_len or on the other sequences, bit for bit. The
+ * scores live in the thread's scratch (seq_len <= SCRATCH_FLOATS). */
+static void battn_task(void *ctx, int task, int thread)
+{
+    battn_job *j = ctx;
+    int s = task / j->n_head, h = task % j->n_head;
+    int L = j->seq_len, hd = j->head_dim;
+    int n_keys = j->kv_len ? j->kv_len[s] : L;
+    if (n_keys > L) n_keys = L;
+    float *scores = j->be->scratch[thread];
+    size_t od = (size_t)j->n_head * hd, col = (size_t)h * hd;
+    const float *K = j->k + (size_t)s * L * j->stride + col;
+    const float *V = j->v + (size_t)s * L * j->stride + col;
+    for (int p = 0; p < L; p++) {
+        const float *qp = j->q + ((size_t)s * L + p) * j->stride + col;
+        const float *bp = j->bias ? j->bias + ((size_t)h * L + p) * L : NULL;
+        float *o = j->out + ((size_t)s * L + p) * od + col;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        if (n_keys <= 0) continue;   /* outside the contract: zeros rather than NaN */
+        float mx = -INFINITY;
+        for (int t = 0; t < n_keys; t++) {
+            float d = dot_f32(qp, K + (size_t)t * j->stride, hd) * j->scale;
+            if (bp) d += bp[t];
+            scores[t] = d;
+            if (d > mx) mx = d;
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < n_keys; t++) {
+            scores[t] = expf(scores[t] - mx);
+            sum += scores[t];
+        }
+        float inv = 1.0f / sum;
+        for (int t = 0; t < n_keys; t++)
+            axpy_f32(o, scores[t] * inv, V + (size_t)t * j->stride, hd);
+    }
+}
+
+static void cpu_attention_bias(ts_backend *be, float *out, const float *q, const float *k,
+                               const float *v, int stride, int n_head, int head_dim, int n_seq,
+                               int seq_len, const float *bias, const int32_t *kv_len, float scale)
+{
+    cpu_backend *c = cpu(be);
+    if (seq_len > (int)SCRATCH_FLOATS) {   /* far beyond any text encoder's context */
+        fprintf(stderr, "tessera: attention_bias: seq_len %d exceeds the CPU scratch\n", seq_len);
+        abort();
+    }
+    battn_job j = {out, q, k, v, bias, kv_len, stride, n_head, head_dim, seq_len, scale, c};
+    ts_pool_run(c->pool, n_seq * n_head, battn_task, &j);
 }
 
 /* ------------------------------------------------------------------ masked decoding */
@@ -1081,10 +1178,12 @@ static const ts_backend_ops cpu_ops = {
     .sample = cpu_sample,
     .layernorm = cpu_layernorm,
     .activation = cpu_activation,
+    .act_mul = cpu_act_mul,
     .modulate = cpu_modulate,
     .gated_add = cpu_gated_add,
     .scatter_add_rows = cpu_scatter_add_rows,
     .attention_dense = cpu_attention_dense,
+    .attention_bias = cpu_attention_bias,
     .masked_pick = cpu_masked_pick,
 };
 

@@ -56,7 +56,7 @@ static void check_blas(cublasStatus_t s, const char *what, const char *file, int
 typedef enum op_kind {
     OP_EMBED = 1, OP_GATHER, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_SWIGLU, OP_ADD, OP_KV_STORE,
     OP_ATTENTION, OP_SAMPLE, OP_COPY, OP_LAYERNORM, OP_ACTIVATION, OP_MODULATE, OP_GATED_ADD,
-    OP_SCATTER_ADD, OP_ATTENTION_DENSE, OP_MASKED_PICK,
+    OP_SCATTER_ADD, OP_ATTENTION_DENSE, OP_MASKED_PICK, OP_ACT_MUL, OP_ATTENTION_BIAS,
 } op_kind;
 
 /* One op with its arguments; p[] are device pointers (staged indices included), i[]
@@ -260,6 +260,13 @@ static void run_op(cuda_backend *c, const op *o)
         break;
     case OP_MASKED_PICK:
         CK(tsk_masked_pick(s, o->p[0], o->p[1], o->p[2], (int)o->i[0], (int)o->i[1], (int)o->i[2]));
+        break;
+    case OP_ACT_MUL:
+        CK(tsk_act_mul(s, o->p[0], o->p[1], o->p[2], (size_t)o->i[0], (int)o->i[1]));
+        break;
+    case OP_ATTENTION_BIAS:
+        CK(tsk_attention_bias(s, o->p[0], o->p[1], o->p[2], o->p[3], (int)o->i[0], (int)o->i[1],
+                              (int)o->i[2], (int)o->i[3], (int)o->i[4], o->p[4], o->p[5], o->f[0]));
         break;
     }
 }
@@ -742,21 +749,38 @@ static void cu_layernorm(ts_backend *be, float *out, const float *x, const float
     submit(cu(be), &o);
 }
 
+/* kernels.h does not see backend.h: its own numbering, mapped by name */
+static int tsk_act(ts_act act)
+{
+    switch (act) {
+    case TS_ACT_GELU: return TSK_ACT_GELU;
+    case TS_ACT_GELU_TANH: return TSK_ACT_GELU_TANH;
+    case TS_ACT_QUICK_GELU: return TSK_ACT_QUICK_GELU;
+    case TS_ACT_SILU: return TSK_ACT_SILU;
+    case TS_ACT_RELU: return TSK_ACT_RELU;
+    }
+    return -1;   /* the launcher refuses it: a bug, reported by CK */
+}
+
 static void cu_activation(ts_backend *be, float *out, const float *x, size_t n, ts_act act)
 {
-    /* kernels.h does not see backend.h: its own numbering, mapped by name */
-    int a = TSK_ACT_GELU;
-    switch (act) {
-    case TS_ACT_GELU: a = TSK_ACT_GELU; break;
-    case TS_ACT_GELU_TANH: a = TSK_ACT_GELU_TANH; break;
-    case TS_ACT_QUICK_GELU: a = TSK_ACT_QUICK_GELU; break;
-    case TS_ACT_SILU: a = TSK_ACT_SILU; break;
-    }
     op o = new_op(OP_ACTIVATION);
     o.p[0] = out;
     o.p[1] = (void *)x;
     o.i[0] = (int64_t)n;
-    o.i[1] = a;
+    o.i[1] = tsk_act(act);
+    submit(cu(be), &o);
+}
+
+static void cu_act_mul(ts_backend *be, float *out, const float *a, const float *b, size_t n,
+                       ts_act act)
+{
+    op o = new_op(OP_ACT_MUL);
+    o.p[0] = out;
+    o.p[1] = (void *)a;
+    o.p[2] = (void *)b;
+    o.i[0] = (int64_t)n;
+    o.i[1] = tsk_act(act);
     submit(cu(be), &o);
 }
 
@@ -819,6 +843,27 @@ static void cu_attention_dense(ts_backend *be, float *out, const float *q, const
     o.i[3] = n_seq;
     o.i[4] = seq_len;
     o.i[5] = causal;
+    submit(c, &o);
+}
+
+static void cu_attention_bias(ts_backend *be, float *out, const float *q, const float *k,
+                              const float *v, int stride, int n_head, int head_dim, int n_seq,
+                              int seq_len, const float *bias, const int32_t *kv_len, float scale)
+{
+    cuda_backend *c = cu(be);
+    op o = new_op(OP_ATTENTION_BIAS);
+    o.p[0] = out;
+    o.p[1] = (void *)q;
+    o.p[2] = (void *)k;
+    o.p[3] = (void *)v;
+    o.p[4] = (void *)bias;
+    o.p[5] = kv_len ? stage(c, kv_len, (size_t)n_seq * sizeof *kv_len) : NULL;
+    o.i[0] = stride;
+    o.i[1] = n_head;
+    o.i[2] = head_dim;
+    o.i[3] = n_seq;
+    o.i[4] = seq_len;
+    o.f[0] = scale;
     submit(c, &o);
 }
 
@@ -997,10 +1042,12 @@ static const ts_backend_ops cuda_ops = {
     .sample = cu_sample,
     .layernorm = cu_layernorm,
     .activation = cu_activation,
+    .act_mul = cu_act_mul,
     .modulate = cu_modulate,
     .gated_add = cu_gated_add,
     .scatter_add_rows = cu_scatter_add_rows,
     .attention_dense = cu_attention_dense,
+    .attention_bias = cu_attention_bias,
     .masked_pick = cu_masked_pick,
 };
 

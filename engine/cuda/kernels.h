@@ -118,7 +118,8 @@ cudaError_t tsk_softmax_rows(cudaStream_t s, float *x, int rows, int cols, float
 /* ---- vit.cu (CLIP text tower, MaskGen MM-DiT, TA-TiTok decoder; all float) ---- */
 
 /* tsk_activation's functions, the values of ts_act in engine/backend.h. */
-enum { TSK_ACT_GELU = 0, TSK_ACT_GELU_TANH = 1, TSK_ACT_QUICK_GELU = 2, TSK_ACT_SILU = 3 };
+enum { TSK_ACT_GELU = 0, TSK_ACT_GELU_TANH = 1, TSK_ACT_QUICK_GELU = 2, TSK_ACT_SILU = 3,
+       TSK_ACT_RELU = 4 };
 
 /* out[i] = (x[i] - mean) / sqrt(var + eps) (* w, + b where non-NULL) over rows of dim,
  * biased variance; statistics in double as the CPU. out may alias x. */
@@ -126,6 +127,10 @@ cudaError_t tsk_layernorm(cudaStream_t s, float *out, const float *x, const floa
                           const float *b, int m, int dim, float eps);
 /* out[i] = act(x[i]) for a TSK_ACT_* act; out may alias x. */
 cudaError_t tsk_activation(cudaStream_t s, float *out, const float *x, size_t n, int act);
+/* out[i] = act(a[i]) * b[i] for a TSK_ACT_* act, the product rounded as the CPU's; out may
+ * alias a or b. */
+cudaError_t tsk_act_mul(cudaStream_t s, float *out, const float *a, const float *b, size_t n,
+                        int act);
 /* As ts_be_modulate: out[r] = x[r] * (1 + scale_j) + shift_j, j = r / rows_per_item, the
  * vectors at j * mod_stride; shift may be NULL. out may alias x. */
 cudaError_t tsk_modulate(cudaStream_t s, float *out, const float *x, const float *shift,
@@ -144,6 +149,18 @@ cudaError_t tsk_scatter_add_rows(cudaStream_t s, float *x, const float *y, const
 cudaError_t tsk_attention_dense(cudaStream_t s, float *out, const float *q, const float *k,
                                 const float *v, int stride, int n_head, int head_dim,
                                 const int32_t *rows, int n_seq, int seq_len, int causal);
+
+/* ---- t5.cu (T5's encoder) ---- */
+
+/* As ts_be_attention_bias: position p of sequence s is row s * seq_len + p of q, k, v
+ * (rows of `stride` floats) and of out (rows of n_head * head_dim); logits scale * q.k +
+ * bias[h][p][j] (bias NULL: none) over keys j < kv_len[s] (device [n_seq]; NULL: all),
+ * softmax in float. n_head and n_seq at most 65535; shared memory is 4 bytes a position
+ * plus 4 a head dimension (the default 48 KiB holds ~12000 positions; more is opted in). */
+cudaError_t tsk_attention_bias(cudaStream_t s, float *out, const float *q, const float *k,
+                               const float *v, int stride, int n_head, int head_dim, int n_seq,
+                               int seq_len, const float *bias, const int32_t *kv_len,
+                               float scale);
 
 /* One image's masked-decoding picks, as ts_masked_row. */
 typedef struct tsk_masked_row {

@@ -1,6 +1,7 @@
 // vit.cu - the kernels of the ViT / MM-DiT ops (CLIP's text tower, MaskGen's MM-DiT,
-// TA-TiTok's ViT decoder): LayerNorm, activations, adaLN modulate and gate,
-// scatter-add of rows, dense (cache-less) attention and the masked-decoding picks.
+// TA-TiTok's ViT decoder; T5's gated feed-forward): LayerNorm, activations (alone and
+// gated, act(a) * b), adaLN modulate and gate, scatter-add of rows, dense (cache-less)
+// attention and the masked-decoding picks.
 //
 // All are float (the bf16 mode only changes weights). They follow the CPU backend's
 // arithmetic (engine/cpu/backend_cpu.c, built without FP contraction): where the CPU's
@@ -94,6 +95,7 @@ template <> __device__ inline float act_fn<TSK_ACT_QUICK_GELU>(float x)
     return x / (1.0f + expf(-1.702f * x));
 }
 template <> __device__ inline float act_fn<TSK_ACT_SILU>(float x) { return x / (1.0f + expf(-x)); }
+template <> __device__ inline float act_fn<TSK_ACT_RELU>(float x) { return x > 0.0f ? x : 0.0f; }
 
 template <int Act>
 __global__ void activation_kernel(float *out, const float *x, size_t n)
@@ -101,6 +103,15 @@ __global__ void activation_kernel(float *out, const float *x, size_t n)
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         out[i] = act_fn<Act>(x[i]);
+}
+
+// act(a) * b; the product is rounded on its own (no FMA into act's last step), as the CPU.
+template <int Act>
+__global__ void act_mul_kernel(float *out, const float *a, const float *b, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __fmul_rn(act_fn<Act>(a[i]), b[i]);
 }
 
 __global__ void modulate_kernel(float *out, const float *x, const float *shift,
@@ -439,6 +450,23 @@ cudaError_t tsk_activation(cudaStream_t s, float *out, const float *x, size_t n,
     case TSK_ACT_GELU_TANH: activation_kernel<TSK_ACT_GELU_TANH><<<g, kThreads, 0, s>>>(out, x, n); break;
     case TSK_ACT_QUICK_GELU: activation_kernel<TSK_ACT_QUICK_GELU><<<g, kThreads, 0, s>>>(out, x, n); break;
     case TSK_ACT_SILU: activation_kernel<TSK_ACT_SILU><<<g, kThreads, 0, s>>>(out, x, n); break;
+    case TSK_ACT_RELU: activation_kernel<TSK_ACT_RELU><<<g, kThreads, 0, s>>>(out, x, n); break;
+    default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t tsk_act_mul(cudaStream_t s, float *out, const float *a, const float *b, size_t n,
+                        int act)
+{
+    if (!n) return cudaSuccess;
+    const unsigned g = blocks_for(n);
+    switch (act) {
+    case TSK_ACT_GELU: act_mul_kernel<TSK_ACT_GELU><<<g, kThreads, 0, s>>>(out, a, b, n); break;
+    case TSK_ACT_GELU_TANH: act_mul_kernel<TSK_ACT_GELU_TANH><<<g, kThreads, 0, s>>>(out, a, b, n); break;
+    case TSK_ACT_QUICK_GELU: act_mul_kernel<TSK_ACT_QUICK_GELU><<<g, kThreads, 0, s>>>(out, a, b, n); break;
+    case TSK_ACT_SILU: act_mul_kernel<TSK_ACT_SILU><<<g, kThreads, 0, s>>>(out, a, b, n); break;
+    case TSK_ACT_RELU: act_mul_kernel<TSK_ACT_RELU><<<g, kThreads, 0, s>>>(out, a, b, n); break;
     default: return cudaErrorInvalidValue;
     }
     return cudaGetLastError();

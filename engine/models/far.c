@@ -167,7 +167,7 @@ int far_trunk_forward(far_model *m, ts_kv_cache *kv, const far_seq *seqs, int n_
     llamagen_seq *lseqs = malloc((size_t)n_seqs * sizeof *lseqs);
     if (!lseqs) return ts_fail(err, TS_ERR_NOMEM, "out of memory");
     for (int s = 0; s < n_seqs; s++)
-        lseqs[s] = (llamagen_seq){seqs[s].n_past, seqs[s].n_new, NULL, seqs[s].block_table};
+        lseqs[s] = (llamagen_seq){.n_past = seqs[s].n_past, .n_new = seqs[s].n_new, .ids = NULL, .block_table = seqs[s].block_table};
     llamagen_plan p;
     int rc = llamagen_plan_make(c, kv, lseqs, n_seqs, &p, err);
     free(lseqs);
