@@ -113,6 +113,17 @@ void ts_png_parameters(char *buf, size_t cap, const char *model, int class_id, i
              p->sample.temperature);
 }
 
+void ts_png_t2i_parameters(char *buf, size_t cap, const char *model, const char *prompt,
+                           int index, const ts_gen_params *p)
+{
+    snprintf(buf, cap,
+             "model=%s; prompt=%s; image_index=%d; seed=%llu; cfg=%g; cfg_interval=%g; "
+             "top_k=%d; top_p=%g; temperature=%g",
+             model, prompt, index, (unsigned long long)(p->seed + (uint64_t)index),
+             p->cfg_scale, p->cfg_interval, p->sample.top_k, p->sample.top_p,
+             p->sample.temperature);
+}
+
 void ts_png_mask_parameters(char *buf, size_t cap, const char *model, const char *prompt,
                             int index, const ts_mask_params *p, uint64_t seed)
 {

@@ -27,6 +27,10 @@ int ts_png_encode(const uint8_t *rgb, int w, int h, const ts_png_text *text, int
 void ts_png_parameters(char *buf, size_t cap, const char *model, int class_id, int index,
                        const ts_gen_params *p);
 
+/* The same for image `index` of a LlamaGen text-to-image request for prompt. */
+void ts_png_t2i_parameters(char *buf, size_t cap, const char *model, const char *prompt,
+                           int index, const ts_gen_params *p);
+
 /* The same for image `index` of a MaskGen request for prompt with parameters p and
  * seed (the request's; the image's own is seed + index). */
 void ts_png_mask_parameters(char *buf, size_t cap, const char *model, const char *prompt,

@@ -48,6 +48,15 @@ int ts_generate_c2i(ts_model *m, const ts_gen_params *p, const int32_t *classes,
                     int32_t *tokens, ts_gen_progress_fn progress, void *progress_ctx,
                     ts_error *err);
 
+/* LlamaGen text-to-image: n images into tokens[n][block_size], image i conditioned on
+ * prompts[i] (ts_t2i_prompt_make, with its uncond rows when p->cfg_scale > 1). As
+ * upstream's generate() for t2i: a prefill over each sequence's n_text caption rows
+ * (the prompt's, or the null caption's under the same mask), then block_size - 1
+ * single-token steps; image i uses seed p->seed + i. */
+int ts_generate_t2i(ts_model *m, const ts_gen_params *p, const ts_t2i_prompt *const *prompts,
+                    int n, int32_t *tokens, ts_gen_progress_fn progress, void *progress_ctx,
+                    ts_error *err);
+
 /* FQGAN: n images into tokens[n][block_size][n_sub], sub-token 0 (upstream's 1, the
  * visual code) first. Per position one trunk step over every sequence, then n_sub head
  * sub-steps, each sampling sub-token j of every image (CFG per sub-token: u + (c - u) s;

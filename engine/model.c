@@ -74,10 +74,11 @@ static int load_fqgan(ts_model *m, const char *dir, const json_t *gpt_sec, const
 /* The optional "sampling" object of a class-conditional folder: a model trained
  * differently from upstream's (the shipped emoji model) names the settings it is
  * measured with; any key left out keeps upstream's default. */
-static int parse_c2i_sampling(const json_t *root, ts_gen_params *p, ts_error *err)
+static int parse_ar_sampling(const json_t *root, int t2i, ts_gen_params *p, ts_error *err)
 {
-    *p = (ts_gen_params){.cfg_scale = 4.0f, .cfg_interval = -1.0f,
-                         .sample = {.temperature = 1.0f, .top_k = 2000, .top_p = 1.0f}};
+    *p = (ts_gen_params){.cfg_scale = t2i ? 7.5f : 4.0f, .cfg_interval = -1.0f,
+                         .sample = {.temperature = 1.0f, .top_k = t2i ? 1000 : 2000,
+                                    .top_p = 1.0f}};
     const json_t *s = json_object_get(root, "sampling");
     if (!s) return TS_OK;
     if (!json_is_object(s))
@@ -150,8 +151,8 @@ int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err
         *out = m;
         return TS_OK;
     }
-    if ((rc = parse_c2i_sampling(root, &m->gen_defaults, err))) goto fail;
     if (strcmp(family, "fqgan") == 0) {
+        if ((rc = parse_ar_sampling(root, 0, &m->gen_defaults, err))) goto fail;
         m->family = TS_FAMILY_FQGAN;
         if ((rc = load_fqgan(m, dir, gpt_sec, vq_sec, err))) goto fail;
         json_decref(root);
@@ -183,6 +184,11 @@ int ts_model_load(ts_backend *be, const char *dir, ts_model **out, ts_error *err
                      vcfg.codebook_size, gcfg.vocab_size);
         goto fail;
     }
+    if ((rc = parse_ar_sampling(root, gcfg.t2i, &m->gen_defaults, err))) goto fail;
+    if (gcfg.t2i &&
+        (rc = ts_t2i_text_load(be, dir, json_object_get(root, "t5"), gcfg.cls_token_num,
+                               gcfg.caption_dim, &m->t2i, err)))
+        goto fail;
     if ((rc = ts_model_open_weights(dir, gpt_sec, "gpt", &m->gpt_file, err)) ||
         (rc = llamagen_load(be, &gcfg, m->gpt_file, &m->gpt, err)))
         goto fail;
@@ -203,6 +209,7 @@ void ts_model_free(ts_model *m)
     if (!m) return;
     ts_masked_model_free(m->masked);
     llamagen_free(m->gpt);
+    ts_t2i_text_free(m->t2i);
     far_free(m->far);
     vq_decoder_free(m->vq);
     ts_st_close(m->gpt_file);
@@ -217,6 +224,11 @@ const llamagen_config *ts_model_c2i_config(const ts_model *m)
     if (m->family == TS_FAMILY_LLAMAGEN && m->gpt) return &m->gpt->cfg;
     if (m->family == TS_FAMILY_FQGAN && m->far) return &m->far->cfg.trunk;
     return NULL;
+}
+
+int ts_model_is_t2i(const ts_model *m)
+{
+    return m->family == TS_FAMILY_LLAMAGEN && m->gpt && m->gpt->cfg.t2i;
 }
 
 int ts_model_n_sub(const ts_model *m)

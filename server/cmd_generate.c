@@ -38,14 +38,14 @@ static void usage(FILE *f)
         "       tessera generate --model DIR --prompt TEXT [options] --out out.png\n"
         "\n"
         "Generates images with a model folder (see docs/model-format.md; tools/convert.py\n"
-        "makes one from the official checkpoints): class-conditional with a LlamaGen or\n"
-        "FQGAN folder, from a text prompt with a MaskGen folder.\n"
+        "makes one from the official checkpoints): class-conditional with a LlamaGen c2i or\n"
+        "FQGAN folder, from a text prompt with a MaskGen or LlamaGen t2i folder.\n"
         "\n"
         "  --model DIR          model folder holding config.json (required)\n"
         "  --class C[,C...]     class id(s) 0..num_classes-1, or names from the model's\n"
         "                       classes.txt (\"red apple\", \"golden retriever\") (LlamaGen,\n"
         "                       FQGAN)\n"
-        "  --prompt TEXT        the text to draw (MaskGen)\n"
+        "  --prompt TEXT        the text to draw (MaskGen, LlamaGen t2i)\n"
         "  --n IMAGES           images per class (default 1); image i of the run uses\n"
         "                       seed S + i, so it can be regenerated alone with that seed\n"
         "  --seed S             random seed, 0..2^64-1 (default 0)\n"
@@ -349,6 +349,27 @@ out:
     return status;
 }
 
+/* LlamaGen text-to-image: n images of one prompt, encoded once. */
+static int generate_t2i(const gen_opts *o, ts_model *m, int n, int32_t *tokens, progress *pr,
+                        ts_error *err)
+{
+    ts_t2i_prompt prompt;
+    double t0 = now_s();
+    int rc = ts_t2i_prompt_make(m, o->prompt, o->p.cfg_scale > 1.0f, &prompt, err);
+    if (rc) return rc;
+    if (!o->quiet)
+        fprintf(stderr, "prompt: %d text tokens, encoded in %.2f s\n", prompt.n_text,
+                now_s() - t0);
+    const ts_t2i_prompt **each = malloc((size_t)n * sizeof *each);
+    if (!each) rc = ts_fail(err, TS_ERR_NOMEM, "out of memory");
+    for (int i = 0; each && i < n; i++) each[i] = &prompt;
+    pr->t0 = now_s();
+    if (each) rc = ts_generate_t2i(m, &o->p, each, n, tokens, on_step, pr, err);
+    free(each);
+    ts_t2i_prompt_free(m, &prompt);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv)
 {
     gen_opts o;
@@ -368,8 +389,14 @@ int cmd_generate(int argc, char **argv)
     if (!o.quiet)
         fprintf(stderr, "loaded %s in %.2f s on %s\n", m->name, now_s() - t_load,
                 ts_backend_describe(be));
-    if (m->family == TS_FAMILY_MASKGEN || o.prompt) {
+    int t2i = ts_model_is_t2i(m);
+    if (m->family == TS_FAMILY_MASKGEN || (o.prompt && !t2i)) {
         status = run_masked(&o, m, &err);
+        goto fail;
+    }
+    if (t2i && !o.prompt) {
+        ts_fail(&err, TS_ERR_INVALID, "this LlamaGen model is text-to-image: use --prompt, not "
+                "--class");
         goto fail;
     }
     if (o.out && !m->vq) {
@@ -385,7 +412,7 @@ int cmd_generate(int argc, char **argv)
     }
     int k = ts_model_n_sub(m);
     apply_model_defaults(&o, &m->gen_defaults);
-    if (resolve_classes(&o, gc->num_classes, &err)) goto fail;
+    if (!t2i && resolve_classes(&o, gc->num_classes, &err)) goto fail;
     int n = o.n_classes * o.n_per_class, L = gc->block_size;
     classes = malloc((size_t)n * sizeof *classes);
     tokens = malloc((size_t)n * L * k * sizeof *tokens);
@@ -393,10 +420,12 @@ int cmd_generate(int argc, char **argv)
         ts_fail(&err, TS_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    for (int i = 0; i < n; i++) classes[i] = o.classes[i / o.n_per_class];
+    for (int i = 0; i < n; i++) classes[i] = t2i ? -1 : o.classes[i / o.n_per_class];
 
     progress pr = {now_s(), n, !o.quiet && isatty(2)};
-    if (ts_generate_c2i(m, &o.p, classes, n, tokens, on_step, &pr, &err)) goto fail;
+    if (t2i ? generate_t2i(&o, m, n, tokens, &pr, &err)
+            : ts_generate_c2i(m, &o.p, classes, n, tokens, on_step, &pr, &err))
+        goto fail;
     double t_gen = now_s() - pr.t0;
     if (o.tokens_out && write_tokens(o.tokens_out, tokens, n, L * k)) {
         ts_fail(&err, TS_ERR_IO, "%s: cannot write tokens", o.tokens_out);
@@ -415,8 +444,9 @@ int cmd_generate(int argc, char **argv)
         if (vq_decode(m->vq, tokens, n, gc->grid, rgb, NULL, &err)) goto fail;
         t_dec = now_s() - t0;
         for (int i = 0; i < n; i++) {
-            char params[512], path[4096];
-            ts_png_parameters(params, sizeof params, m->name, classes[i], i, &o.p);
+            char params[2048], path[4096];
+            if (t2i) ts_png_t2i_parameters(params, sizeof params, m->name, o.prompt, i, &o.p);
+            else ts_png_parameters(params, sizeof params, m->name, classes[i], i, &o.p);
             ts_png_text text[] = {{"Software", "Tessera " TESSERA_VERSION}, {"parameters", params}};
             image_path(path, sizeof path, o.out, i, n);
             if (ts_png_write_file(path, rgb + i * img_bytes, side, side, text, 2, &err)) goto fail;

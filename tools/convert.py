@@ -3,13 +3,16 @@
 
     convert.py llamagen --gpt c2i_B_256.pt --vq vq_ds16_c2i.pt --image-size 256 --out DIR
                [--dtype f32|bf16|f16] [--gpt-model GPT-B] [--n-head N]
+    convert.py llamagen --gpt t2i_XL_stage1_256.pt --vq vq_ds16_t2i.pt --t5 FLAN_T5_XL_DIR
+               --image-size 256 --out DIR [--dtype ...]
     convert.py maskgen --generator DIR_OR_FILE --tokenizer DIR_OR_FILE --clip FILE
                --clip-vocab FILE --out DIR [--dtype f32|bf16|f16]
                [--clip-act quick_gelu|gelu] [--generator-config F] [--tokenizer-config F]
     convert.py fqgan --tokenizer fqgan_dual_ds16.pt [--gpt FAR.pt] --image-size 256 --out DIR
                [--dtype f32|bf16|f16] [--far-model FAR-B|FAR-L] [--n-head N]
 
-llamagen writes DIR/config.json, DIR/gpt.safetensors and DIR/vq.safetensors. Every
+llamagen writes DIR/config.json, DIR/gpt.safetensors and DIR/vq.safetensors (a t2i GPT
+also t5.safetensors and spiece.model, from the T5 encoder's folder: convert_t5.py). Every
 hyper-parameter is read off the tensor shapes (upstream's checkpoints carry no config), and
 the key set is checked exactly against what those hyper-parameters imply, so a checkpoint
 of another architecture is refused with the names of the offending keys instead of
@@ -73,14 +76,21 @@ class ConvertError(Exception):
 
 
 def gpt_shapes(g):
-    """c2i GPT tensors for the gpt section of config.json (dict)."""
+    """GPT tensors for the gpt section of config.json (dict): c2i's class table, or t2i's
+    caption projection (fc1, tanh GELU, fc2; no biases) and null caption (a buffer in
+    T5 feature space, one row per text position)."""
     d, f = g["dim"], g["ffn_dim"]
     shapes = {
         "tok_embeddings.weight": [g["vocab_size"], d],
-        "cls_embedding.embedding_table.weight": [g["num_classes"] + 1, d],
         "norm.weight": [d],
         "output.weight": [g["vocab_size"], d],
     }
+    if g.get("model_type", "c2i") == "t2i":
+        shapes["cls_embedding.cap_proj.fc1.weight"] = [d, g["caption_dim"]]
+        shapes["cls_embedding.cap_proj.fc2.weight"] = [d, d]
+        shapes["cls_embedding.uncond_embedding"] = [g["cls_token_num"], g["caption_dim"]]
+    else:
+        shapes["cls_embedding.embedding_table.weight"] = [g["num_classes"] + 1, d]
     for i in range(g["n_layer"]):
         _gpt_block(shapes, "layers.%d." % i, d, f)
     return shapes
@@ -251,16 +261,18 @@ def check_keys(sd, expected, what):
 
 
 def infer_gpt_config(sd, block_size, gpt_model=None, n_head=None):
-    """Reads the c2i hyper-parameters off the tensor shapes.
+    """Reads the c2i or t2i hyper-parameters off the tensor shapes (t2i: the checkpoint
+    has cls_embedding.uncond_embedding, whose rows give cls_token_num, 120 upstream).
 
     Returns (gpt config dict, size name or None). sd must already be without freqs_cis.
     """
-    if any(k.startswith("cls_embedding.cap_proj") or k == "cls_embedding.uncond_embedding"
-           for k in sd):
-        raise ConvertError("GPT checkpoint: t2i not supported yet "
-                           "(found cls_embedding.cap_proj / uncond_embedding)")
+    t2i = "cls_embedding.uncond_embedding" in sd or any(
+        k.startswith("cls_embedding.cap_proj") for k in sd)
     vocab, dim = _need(sd, "tok_embeddings.weight", "GPT")
-    rows, _ = _need(sd, "cls_embedding.embedding_table.weight", "GPT")
+    if t2i:
+        cls_token_num, caption_dim = _need(sd, "cls_embedding.uncond_embedding", "GPT")
+    else:
+        rows, _ = _need(sd, "cls_embedding.embedding_table.weight", "GPT")
     layers = _indices(sd, r"layers\.(\d+)\.")
     if not layers:
         raise ConvertError("GPT checkpoint: no layers.N.* keys")
@@ -297,13 +309,14 @@ def infer_gpt_config(sd, block_size, gpt_model=None, n_head=None):
         raise ConvertError("dim %d / n_head %d must give a head_dim divisible by 4"
                            % (dim, n_head))
 
-    cfg = {
-        "model_type": "c2i",
-        "dim": dim, "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_head,
-        "ffn_dim": ffn_dim, "vocab_size": vocab, "num_classes": rows - 1,
-        "cls_token_num": 1, "block_size": block_size,
-        "rope_base": ROPE_BASE, "norm_eps": NORM_EPS,
-    }
+    cfg = {"model_type": "t2i" if t2i else "c2i",
+           "dim": dim, "n_layer": n_layer, "n_head": n_head, "n_kv_head": n_head,
+           "ffn_dim": ffn_dim, "vocab_size": vocab}
+    if t2i:
+        cfg.update({"caption_dim": caption_dim, "cls_token_num": cls_token_num})
+    else:
+        cfg.update({"num_classes": rows - 1, "cls_token_num": 1})
+    cfg.update({"block_size": block_size, "rope_base": ROPE_BASE, "norm_eps": NORM_EPS})
     check_keys(sd, gpt_shapes(cfg), "GPT")
     return cfg, size
 
@@ -424,6 +437,12 @@ def convert_llamagen(args):
     if vq_cfg and gpt_cfg["vocab_size"] != vq_cfg["codebook_size"]:
         raise ConvertError("GPT vocab_size %d != VQ codebook_size %d"
                            % (gpt_cfg["vocab_size"], vq_cfg["codebook_size"]))
+    t2i = gpt_cfg["model_type"] == "t2i"
+    if t2i and not args.t5:
+        raise ConvertError("a t2i GPT needs its text encoder: pass --t5 DIR (the FLAN-T5-XL "
+                           "Hugging Face folder with spiece.model)")
+    if args.t5 and not t2i:
+        raise ConvertError("--t5 is for a t2i GPT; this checkpoint is c2i")
     meta = {"source": os.path.basename(args.gpt), "format": "pt"}
     stfile.save(os.path.join(args.out, "gpt.safetensors"), gpt_sd, meta, cast=dtype)
     del gpt_sd
@@ -432,10 +451,21 @@ def convert_llamagen(args):
     config = {
         "tessera_format": 1,
         "family": "llamagen",
-        "name": args.name or "LlamaGen %s c2i %dpx" % (size or "custom", args.image_size),
+        "name": args.name or "LlamaGen %s %s %dpx" % (size or "custom", gpt_cfg["model_type"],
+                                                      args.image_size),
         "image_size": args.image_size,
         "gpt": dict({"file": "gpt.safetensors"}, **gpt_cfg),
     }
+    if t2i:
+        import convert_t5   # noqa: E402 (only t2i needs it)
+        try:
+            t5 = convert_t5.convert_t5(args.t5, args.out, args.dtype)
+        except convert_t5.T5ConvertError as e:
+            raise ConvertError("T5 (--t5 %s): %s" % (args.t5, e))
+        if t5.get("d_model") != gpt_cfg["caption_dim"]:
+            raise ConvertError("T5 d_model %s != the GPT's caption_dim %d (cap_proj.fc1)"
+                               % (t5.get("d_model"), gpt_cfg["caption_dim"]))
+        config["t5"] = t5
     if args.sampling:
         config["sampling"] = parse_sampling(args.sampling)
     if vq_cfg:
@@ -445,7 +475,9 @@ def convert_llamagen(args):
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
-    write_classes(args.classes, gpt_cfg["num_classes"], os.path.join(args.out, "classes.txt"))
+    if not t2i:
+        write_classes(args.classes, gpt_cfg["num_classes"],
+                      os.path.join(args.out, "classes.txt"))
     print("wrote %s: %s, %s, %s weights" % (args.out, config["name"],
           "with VQ" if vq_cfg else "GPT only", args.dtype))
 
@@ -1278,9 +1310,11 @@ def convert_fqgan(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="family", required=True)
-    p = sub.add_parser("llamagen", help="LlamaGen c2i GPT + VQ tokenizer")
+    p = sub.add_parser("llamagen", help="LlamaGen c2i or t2i GPT + VQ tokenizer (+ T5 for t2i)")
     p.add_argument("--gpt", required=True, help="official GPT checkpoint (.pt)")
     p.add_argument("--vq", help="official VQ checkpoint (.pt); without it the folder is GPT only")
+    p.add_argument("--t5", metavar="DIR", help="t2i: the text encoder's Hugging Face folder "
+                   "(FLAN-T5-XL: config.json, weights, spiece.model)")
     p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")

@@ -18,17 +18,25 @@ int llamagen_config_parse(const json_t *gpt, int image_size, int downsample,
     const char *type;
     int rc;
     if ((rc = ts_json_string(gpt, s, "model_type", &type, err))) return rc;
-    if (strcmp(type, "c2i") != 0)
+    if (!strcmp(type, "t2i")) cfg->t2i = 1;
+    else if (strcmp(type, "c2i") != 0)
         return ts_fail(err, TS_ERR_UNSUPPORTED, "config: gpt.model_type \"%s\" is not supported "
-                       "(only \"c2i\")", type);
+                       "(\"c2i\" or \"t2i\")", type);
+    if (cfg->t2i) {
+        /* The text prefix: up to cls_token_num T5 rows of caption_dim features. */
+        if ((rc = ts_json_int(gpt, s, "cls_token_num", 1, 4096, &cfg->cls_token_num, err)) ||
+            (rc = ts_json_int(gpt, s, "caption_dim", 1, 65536, &cfg->caption_dim, err)))
+            return rc;
+    } else if ((rc = ts_json_int(gpt, s, "num_classes", 1, 1 << 24, &cfg->num_classes, err)) ||
+               (rc = ts_json_int(gpt, s, "cls_token_num", 1, 1, &cfg->cls_token_num, err))) {
+        return rc;
+    }
     if ((rc = ts_json_int(gpt, s, "dim", 1, 65536, &cfg->dim, err)) ||
         (rc = ts_json_int(gpt, s, "n_layer", 1, 1024, &cfg->n_layer, err)) ||
         (rc = ts_json_int(gpt, s, "n_head", 1, 1024, &cfg->n_head, err)) ||
         (rc = ts_json_int(gpt, s, "n_kv_head", 1, 1024, &cfg->n_kv_head, err)) ||
         (rc = ts_json_int(gpt, s, "ffn_dim", 1, 1 << 20, &cfg->ffn_dim, err)) ||
         (rc = ts_json_int(gpt, s, "vocab_size", 1, 1 << 24, &cfg->vocab_size, err)) ||
-        (rc = ts_json_int(gpt, s, "num_classes", 1, 1 << 24, &cfg->num_classes, err)) ||
-        (rc = ts_json_int(gpt, s, "cls_token_num", 1, 1, &cfg->cls_token_num, err)) ||
         (rc = ts_json_int(gpt, s, "block_size", 1, 1 << 16, &cfg->block_size, err)) ||
         (rc = ts_json_float(gpt, s, "rope_base", 1.0, 1e9, &cfg->rope_base, err)) ||
         (rc = ts_json_float(gpt, s, "norm_eps", 0.0, 1.0, &cfg->norm_eps, err)))
@@ -154,9 +162,19 @@ int llamagen_load(ts_backend *be, const llamagen_config *cfg, ts_st_file *f,
     m->be = be;
     const llamagen_config *c = &m->cfg;
     int rc;
+    if (c->t2i) {
+        if ((rc = load_mat(m, f, "cls_embedding.cap_proj.fc1.weight", c->dim, c->caption_dim,
+                           &m->cap_fc1, err)) ||
+            (rc = load_mat(m, f, "cls_embedding.cap_proj.fc2.weight", c->dim, c->dim,
+                           &m->cap_fc2, err)) ||
+            (rc = ts_w_vec((ts_wsrc){be, f}, "cls_embedding.uncond_embedding", 2,
+                           TS_SHAPE(c->cls_token_num, c->caption_dim), &m->uncond, err)))
+            goto fail;
+    } else if ((rc = load_mat(m, f, "cls_embedding.embedding_table.weight", c->num_classes + 1,
+                              c->dim, &m->cls_embedding, err))) {
+        goto fail;
+    }
     if ((rc = load_mat(m, f, "tok_embeddings.weight", c->vocab_size, c->dim, &m->tok_embeddings, err)) ||
-        (rc = load_mat(m, f, "cls_embedding.embedding_table.weight", c->num_classes + 1, c->dim,
-                       &m->cls_embedding, err)) ||
         (rc = llamagen_layers_load(be, f, c, "layers", c->n_layer, &m->layers, err)) ||
         (rc = load_vec(m, f, "norm.weight", c->dim, &m->norm, err)) ||
         (rc = load_mat(m, f, "output.weight", c->vocab_size, c->dim, &m->output, err)) ||
@@ -220,6 +238,9 @@ void llamagen_free(llamagen_model *m)
     free_scratch(m);
     ts_be_weight_release(m->be, &m->tok_embeddings);
     ts_be_weight_release(m->be, &m->cls_embedding);
+    ts_be_weight_release(m->be, &m->cap_fc1);
+    ts_be_weight_release(m->be, &m->cap_fc2);
+    ts_be_free(m->be, m->uncond);
     ts_be_weight_release(m->be, &m->output);
     llamagen_layers_free(m->be, m->layers, m->cfg.n_layer);
     ts_be_free(m->be, m->norm);
@@ -260,7 +281,6 @@ int llamagen_plan_make(const llamagen_config *c, const ts_kv_cache *kv, const ll
                        int n_seqs, llamagen_plan *p, ts_error *err)
 {
     memset(p, 0, sizeof *p);
-    int max_pos = c->cls_token_num + c->block_size;
     if (n_seqs <= 0) return ts_fail(err, TS_ERR_INVALID, "forward: no sequences");
     if (kv->n_layer != c->n_layer || kv->layers[0].n_kv_head != c->n_kv_head ||
         kv->layers[0].head_dim != c->head_dim)
@@ -268,6 +288,11 @@ int llamagen_plan_make(const llamagen_config *c, const ts_kv_cache *kv, const ll
     int M = 0;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
+        int n_cond = q->n_cond ? q->n_cond : c->cls_token_num;
+        if (n_cond < 1 || n_cond > c->cls_token_num)
+            return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d has %d condition positions, "
+                           "outside [1, %d]", s, n_cond, c->cls_token_num);
+        int max_pos = n_cond + c->block_size;
         if (q->n_new <= 0 || q->n_past < 0 || q->n_past + q->n_new > max_pos)
             return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d positions [%d, %d) outside "
                            "[0, %d)", s, q->n_past, q->n_past + q->n_new, max_pos);
@@ -288,10 +313,12 @@ int llamagen_plan_make(const llamagen_config *c, const ts_kv_cache *kv, const ll
     int row = 0;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
+        int n_cond = q->n_cond ? q->n_cond : c->cls_token_num;
         p->att[s] = (ts_attn_seq){q->block_table, q->n_past + q->n_new, q->n_new, row};
         for (int i = 0; i < q->n_new; i++, row++) {
             int pos = q->n_past + i;
-            p->pos[row] = pos;
+            /* Condition rows of the rotary table are all zero; any one will do. */
+            p->pos[row] = pos < n_cond ? 0 : c->cls_token_num + pos - n_cond;
             int bs = kv->block_size;
             p->slot[row] = q->block_table[pos / bs] * bs + pos % bs;
         }
@@ -351,9 +378,16 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
     if (rc) return rc;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
+        int n_cond = q->n_cond ? q->n_cond : c->cls_token_num;
+        if (c->t2i && q->n_past < n_cond && !q->cond_emb) {
+            llamagen_plan_free(&p);
+            return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d feeds text positions "
+                           "without caption rows", s);
+        }
         for (int i = 0; i < q->n_new; i++) {
             int pos = q->n_past + i;
-            int limit = pos < c->cls_token_num ? c->num_classes : c->vocab_size - 1;
+            if (c->t2i && pos < n_cond) continue;   /* a caption row, no id */
+            int limit = pos < n_cond ? c->num_classes : c->vocab_size - 1;
             if (q->ids[i] < 0 || q->ids[i] > limit) {
                 llamagen_plan_free(&p);
                 return ts_fail(err, TS_ERR_INVALID, "forward: sequence %d id %d at position %d "
@@ -376,8 +410,10 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
     int row = 0, n_cls = 0, n_tok = 0;
     for (int s = 0; s < n_seqs; s++) {
         const llamagen_seq *q = &seqs[s];
+        int n_cond = q->n_cond ? q->n_cond : c->cls_token_num;
         for (int i = 0; i < q->n_new; i++, row++) {
-            if (q->n_past + i < c->cls_token_num) {
+            if (q->n_past + i < n_cond) {
+                if (c->t2i) continue;   /* copied from cond_emb below */
                 cls_ids[n_cls] = q->ids[i];
                 cls_rows[n_cls++] = row;
             } else {
@@ -390,8 +426,21 @@ int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seq
     /* From here to the download, the ops are one step that recurs with the same shapes. */
     ts_be_step_begin(be);
     llamagen_acts *a = &m->act;
-    ts_be_embed(be, a->x, &m->cls_embedding, cls_ids, cls_rows, n_cls);
+    if (c->t2i) {
+        /* Each sequence's new text rows are contiguous in cond_emb and in x. */
+        for (int s = 0, r = 0; s < n_seqs; r += seqs[s].n_new, s++) {
+            const llamagen_seq *q = &seqs[s];
+            int n_text = (q->n_cond < q->n_past + q->n_new ? q->n_cond : q->n_past + q->n_new)
+                         - q->n_past;
+            if (n_text > 0)
+                ts_be_copy(be, a->x + (size_t)r * c->dim, q->cond_emb + (size_t)q->n_past * c->dim,
+                           (size_t)n_text * c->dim * sizeof(float));
+        }
+    } else {
+        ts_be_embed(be, a->x, &m->cls_embedding, cls_ids, cls_rows, n_cls);
+    }
     ts_be_embed(be, a->x, &m->tok_embeddings, tok_ids, tok_rows, n_tok);
+    /* A t2i sequence holds at most cls_token_num text positions, so this still bounds it. */
     llamagen_attn att = {.kv = kv, .slot = p.slot, .seqs = p.att, .n_seqs = n_seqs,
                          .max_ctx = max_pos};
     llamagen_blocks(be, c, m->layers, c->n_layer, a, M, m->rope, p.pos, &att);
@@ -411,3 +460,23 @@ done:
 }
 
 const float *llamagen_logits(const llamagen_model *m) { return m->logits; }
+
+int llamagen_caption(llamagen_model *m, const float *feats, int n, float *out, ts_error *err)
+{
+    const llamagen_config *c = &m->cfg;
+    if (!c->t2i) return ts_fail(err, TS_ERR_INVALID, "caption: not a t2i GPT");
+    if (n <= 0) return TS_OK;
+    float *h = ts_be_alloc(m->be, (size_t)n * c->dim);
+    if (!h) return ts_fail(err, TS_ERR_NOMEM, "out of memory projecting %d caption rows", n);
+    ts_be_matmul(m->be, h, feats, &m->cap_fc1, NULL, n);
+    ts_be_activation(m->be, h, h, (size_t)n * c->dim, TS_ACT_GELU_TANH);
+    ts_be_matmul(m->be, out, h, &m->cap_fc2, NULL, n);
+    ts_be_free(m->be, h);
+    return TS_OK;
+}
+
+const float *llamagen_null_caption(const llamagen_model *m, int n)
+{
+    const llamagen_config *c = &m->cfg;
+    return m->uncond + (size_t)(c->cls_token_num - n) * c->caption_dim;
+}

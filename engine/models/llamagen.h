@@ -1,4 +1,5 @@
-/* llamagen.h - LlamaGen's GPT (autoregressive/models/gpt.py upstream), class-conditional.
+/* llamagen.h - LlamaGen's GPT (autoregressive/models/gpt.py upstream), class- or
+ * text-conditional.
  *
  * A Llama-style pre-norm decoder over VQ image tokens: RMSNorm (fp32), fused q/k/v
  * projection, 2D RoPE whose condition rows are all zero (so q and k vanish at the class
@@ -6,6 +7,14 @@
  * final RMSNorm and an untied output head. Position p < cls_token_num holds the class
  * embedding (row num_classes is the null class used for CFG); position
  * cls_token_num + n holds image token n, at grid cell divmod(n, grid).
+ *
+ * Text-to-image (model_type "t2i"): the condition is up to cls_token_num (120) rows of
+ * T5 features, each through cap_proj (fc1, tanh GELU, fc2); the null caption for CFG is
+ * the uncond_embedding buffer through the same projection. Upstream left-pads the
+ * prompt to 120 positions and masks the padded columns for every row; since no other row
+ * ever sees a padded position, a sequence here holds only its n_cond valid text rows
+ * (positions [0, n_cond)), then image token n at position n_cond + n, whose rotary row
+ * is still cls_token_num + n: the same attention, over fewer positions.
  *
  * The block stack (llamagen_blocks, with paged or dense attention), its loader, the
  * step plan and the activation scratch are exported for FQGAN's FAR (far.h), whose
@@ -29,8 +38,10 @@
 typedef struct llamagen_config {
     int dim, n_layer, n_head, n_kv_head, head_dim, ffn_dim;
     int vocab_size;       /* image tokens */
-    int num_classes;      /* the class table has num_classes + 1 rows */
-    int cls_token_num;    /* 1 for c2i */
+    int num_classes;      /* c2i: the class table has num_classes + 1 rows; t2i: 0 */
+    int cls_token_num;    /* 1 for c2i; t2i: the most text positions (120) */
+    int t2i;              /* model_type "t2i": caption conditioning */
+    int caption_dim;      /* t2i: the text features' width (T5's d_model, 2048) */
     int block_size;       /* image tokens per image = grid * grid */
     int grid;
     float rope_base, norm_eps;
@@ -82,7 +93,9 @@ typedef struct llamagen_model {
     llamagen_config cfg;
     ts_backend *be;
     ts_wt tok_embeddings;    /* [vocab, dim] */
-    ts_wt cls_embedding;     /* [num_classes + 1, dim] */
+    ts_wt cls_embedding;     /* c2i: [num_classes + 1, dim] */
+    ts_wt cap_fc1, cap_fc2;  /* t2i: [dim, caption_dim], [dim, dim] */
+    float *uncond;           /* t2i: backend memory [cls_token_num, caption_dim] */
     llamagen_layer *layers;  /* [n_layer] */
     float *norm;             /* [dim] */
     ts_wt output;            /* [vocab, dim] */
@@ -95,14 +108,17 @@ typedef struct llamagen_model {
 } llamagen_model;
 
 /* One sequence's part of a forward call: n_new tokens at positions
- * [n_past, n_past + n_new). ids[i] is a class id (0..num_classes) where the position is
- * below cls_token_num, else an image token id. The block table must already cover
+ * [n_past, n_past + n_new). Positions below n_cond are the condition: for c2i a class
+ * id (0..num_classes) in ids[i]; for t2i row p of cond_emb (ids[i] not read). Later
+ * positions are image tokens, ids[i] their ids. The block table must already cover
  * n_past + n_new positions. */
 typedef struct llamagen_seq {
     int32_t n_past;
     int32_t n_new;
     const int32_t *ids;
     const int32_t *block_table;
+    int32_t n_cond;          /* condition positions; 0 means cls_token_num (c2i) */
+    const float *cond_emb;   /* t2i: backend memory [n_cond, dim] (llamagen_caption) */
 } llamagen_seq;
 
 /* Reads the "gpt" section of config.json; image_size is the top-level value. */
@@ -125,6 +141,12 @@ void llamagen_free(llamagen_model *m);   /* NULL-safe */
 int llamagen_forward(llamagen_model *m, ts_kv_cache *kv, const llamagen_seq *seqs,
                      int n_seqs, float *logits, ts_error *err);
 const float *llamagen_logits(const llamagen_model *m);
+
+/* t2i: out[n, dim] = cap_proj(feats[n, caption_dim]), both backend memory. The null
+ * caption of a prompt with n text tokens is cap_proj of the last n rows of m->uncond
+ * (upstream masks the others away): feats = llamagen_null_caption(m, n). */
+int llamagen_caption(llamagen_model *m, const float *feats, int n, float *out, ts_error *err);
+const float *llamagen_null_caption(const llamagen_model *m, int n);
 
 /* ---- the pieces llamagen_forward is made of, shared with FAR (far.h) ---- */
 
@@ -153,12 +175,14 @@ void llamagen_blocks(ts_backend *be, const llamagen_config *c, const llamagen_la
                      const int32_t *pos, const llamagen_attn *att);
 
 /* The host-side plan of one paged step over n_seqs sequences (ids are not read): per
- * row its position and cache slot, per sequence its attention slice and last row.
- * Validates positions against [0, cls_token_num + block_size) and the total row count
- * (TS_ERR_INVALID naming the sequence). Free with llamagen_plan_free. */
+ * row its rotary row and cache slot, per sequence its attention slice and last row.
+ * Validates positions against [0, n_cond + block_size), n_cond against
+ * [1, cls_token_num], and the total row count (TS_ERR_INVALID naming the sequence).
+ * Free with llamagen_plan_free. */
 typedef struct llamagen_plan {
     int rows;                  /* M: new tokens over all sequences */
-    int32_t *pos, *slot;       /* [M] */
+    int32_t *pos, *slot;       /* [M]: rotary row (a condition row, or cls_token_num +
+                                  the image token's index), cache slot */
     int32_t *last;             /* [n_seqs] the last row of each sequence */
     ts_attn_seq *att;          /* [n_seqs] */
 } llamagen_plan;

@@ -72,11 +72,13 @@ def rms_norm(x, weight, eps):
     return x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps) * weight
 
 
-def llama_block(w, p, h, pos, rope, n_head, eps, cache=None, i=0):
+def llama_block(w, p, h, pos, rope, n_head, eps, cache=None, i=0, allowed=None):
     """One LlamaGen TransformerBlock over the weights named p + "...": h [B, S, dim] at
     rows pos [S] of the rotary table rope. cache (a list, or None) holds at cache[i] the
     earlier (k, v) of this sequence, which starts at row 0, and is extended in place.
-    FQGAN's FAR runs its trunk and its head with the same block (fqgan_ref.py)."""
+    allowed (bool [B, S, T], or None for causal) says which keys each query sees: the
+    t2i mask (llamagen_t2i_ref.py). FQGAN's FAR runs its trunk and its head with the same
+    block (fqgan_ref.py)."""
     dim = h.shape[-1]
     head_dim = dim // n_head
     x = rms_norm(h, w[p + "attention_norm.weight"], eps)
@@ -91,7 +93,10 @@ def llama_block(w, p, h, pos, rope, n_head, eps, cache=None, i=0):
             k = torch.cat([cache[i][0], k], dim=2)
             v = torch.cat([cache[i][1], v], dim=2)
         cache[i] = (k, v)
-    allowed = torch.arange(k.shape[2])[None, :] <= pos[:, None]  # [S, T]
+    if allowed is None:
+        allowed = torch.arange(k.shape[2])[None, :] <= pos[:, None]  # [S, T]
+    else:
+        allowed = allowed[:, None]                                   # [B, 1, S, T]
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
     scores = scores.masked_fill(~allowed, float("-inf"))
     out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(x.shape)
