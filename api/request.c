@@ -62,14 +62,16 @@ const ts_api_model *ts_api_model_of(const ts_api_limits *lim, ts_job_family fami
     return family == TS_JOB_MASKED ? &lim->masked : family == TS_JOB_FAR ? &lim->far : &lim->ar;
 }
 
+static int class_ar(const ts_api_limits *lim) { return lim->ar.present && !lim->ar.t2i; }
+
 const ts_api_model *ts_api_default_class_model(const ts_api_limits *lim)
 {
-    return lim->ar.present ? &lim->ar : lim->far.present ? &lim->far : NULL;
+    return class_ar(lim) ? &lim->ar : lim->far.present ? &lim->far : NULL;
 }
 
 static ts_job_family class_family(const ts_api_limits *lim)
 {
-    return lim->ar.present ? TS_JOB_AR : TS_JOB_FAR;
+    return class_ar(lim) ? TS_JOB_AR : TS_JOB_FAR;
 }
 
 static int resolve_prompt(json_t *x, const char *k, const ts_api_model *ar, int32_t *cls,
@@ -92,7 +94,8 @@ static int resolve_prompt(json_t *x, const char *k, const ts_api_model *ar, int3
 }
 
 /* Fields by family; "model", "prompt", "n", "seed" and "stream" are common. */
-static const char *const COMMON_KEYS[] = {"model", "prompt", "n", "seed", "stream", NULL};
+static const char *const COMMON_KEYS[] = {"model", "prompt", "n", "seed", "stream",
+                                          "negative_prompt", NULL};
 static const char *const AR_KEYS[] = {"class", "cfg", "cfg_interval", "top_k", "top_p",
                                       "temperature", NULL};
 static const char *const MASKED_KEYS[] = {"guidance", "randomize_temperature", "aesthetic",
@@ -146,7 +149,8 @@ static int route(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_gen_r
         return 0;
     }
     if (present(o, "prompt")) {
-        out->spec.family = mg->present ? TS_JOB_MASKED : class_family(lim);
+        out->spec.family = mg->present ? TS_JOB_MASKED
+                           : lim->ar.present && lim->ar.t2i ? TS_JOB_AR : class_family(lim);
         return 0;
     }
     if (kind == TS_API_OPENAI)
@@ -179,11 +183,9 @@ static int check_family_fields(json_t *o, const ts_api_limits *lim, ts_job_famil
     return 0;
 }
 
-static int parse_masked(ts_api_kind kind, json_t *o, const ts_api_limits *lim,
-                        ts_gen_request *out, ts_api_error *e)
+/* A text prompt into spec->prompt (MaskGen, LlamaGen t2i). */
+static int copy_prompt(json_t *o, ts_job_spec *s, ts_api_error *e)
 {
-    const ts_api_model *mg = &lim->masked;
-    ts_job_spec *s = &out->spec;
     json_t *prompt = json_object_get(o, "prompt");
     if (!prompt || json_is_null(prompt)) return INVALID("prompt: required (the text to draw)");
     if (!json_is_string(prompt)) return INVALID("prompt: must be a string");
@@ -194,6 +196,15 @@ static int parse_masked(ts_api_kind kind, json_t *o, const ts_api_limits *lim,
     memcpy(s->prompt, json_string_value(prompt), len);
     s->prompt[len] = '\0';
     s->class_id = -1;
+    return 0;
+}
+
+static int parse_masked(ts_api_kind kind, json_t *o, const ts_api_limits *lim,
+                        ts_gen_request *out, ts_api_error *e)
+{
+    const ts_api_model *mg = &lim->masked;
+    ts_job_spec *s = &out->spec;
+    if (copy_prompt(o, s, e)) return -1;
     double guidance = mg->defaults.guidance, rtemp = mg->defaults.randomize_temperature;
     double aesthetic = mg->defaults.aesthetic;
     long long steps = mg->defaults.steps;
@@ -220,7 +231,12 @@ static int parse_ar(ts_api_kind kind, json_t *o, const ts_api_limits *lim, ts_ge
     double cfg = d->cfg_scale, interval = d->cfg_interval, top_p = d->sample.top_p,
            temp = d->sample.temperature;
     json_t *cls = json_object_get(o, "class"), *prompt = json_object_get(o, "prompt");
-    if (kind == TS_API_NATIVE && cls && !json_is_null(cls)) {
+    if (ar->t2i) {
+        if (cls && !json_is_null(cls))
+            return INVALID("class: the LlamaGen model \"%.80s\" is text-to-image; give a "
+                           "prompt", ar->name);
+        if (copy_prompt(o, s, e)) return -1;
+    } else if (kind == TS_API_NATIVE && cls && !json_is_null(cls)) {
         if (prompt && !json_is_null(prompt))
             return INVALID("class: give either class or prompt, not both");
         long long c = -1;
@@ -266,6 +282,10 @@ static int parse_fields(ts_api_kind kind, json_t *o, const ts_api_limits *lim, i
     s->class_id = -1;
     long long n = 1, seed = (long long)(random_seed % TS_API_MAX_SEED), partial = 0;
     int stream = 0;
+    if (present(o, "negative_prompt"))
+        return INVALID("negative_prompt: not supported: no model here was trained with one "
+                       "(LlamaGen t2i's guidance branch is a learned null caption, MaskGen's the "
+                       "empty prompt)");
     if (route(kind, o, lim, out, e)) return -1;
     int masked = s->family == TS_JOB_MASKED;
     const ts_api_model *model = ts_api_model_of(lim, s->family);

@@ -3,10 +3,13 @@
  *
  * A server holds at most one LlamaGen (class-conditional, autoregressive), one FQGAN
  * (its FAR generator: class-conditional, autoregressive) and one MaskGen (text-to-
- * image, masked) model. "model" names one; otherwise "class" goes to the default class
- * model (LlamaGen when the server has one, else FQGAN) and "prompt" to the MaskGen model
- * when there is one (else it is a class name for the default class model). Fields of
- * another family are refused, naming the field.
+ * image, masked) model; the LlamaGen model may be text-to-image (t2i) instead. "model"
+ * names one; otherwise "class" goes to the default class model (a class-conditional
+ * LlamaGen when the server has one, else FQGAN) and "prompt" to the MaskGen model when
+ * there is one, else to a t2i LlamaGen, else it is a class name for the default class
+ * model. Fields of another family are refused, naming the field. "negative_prompt" is
+ * refused by every model: none was trained with one (LlamaGen t2i's CFG branch is a
+ * learned null caption, MaskGen's the empty prompt).
  *
  * Runs on the event loop (never the engine thread). Every refusal names the field and
  * the rule in `message`, with the HTTP status and stable code the API answers with.
@@ -22,7 +25,7 @@
 
 #define TS_API_MAX_BODY (64 * 1024)
 #define TS_API_MAX_N 16
-#define TS_API_MAX_PROMPT 1000   /* bytes: class names and MaskGen prompts */
+#define TS_API_MAX_PROMPT 1000   /* bytes: class names and text prompts */
 #define TS_API_MAX_SEED ((uint64_t)1 << 53)   /* exact in every JSON client's doubles */
 
 typedef struct ts_api_error {
@@ -49,6 +52,7 @@ typedef struct ts_api_model {
     ts_gen_params gen_defaults;      /* LlamaGen, FQGAN: cfg, cfg_interval and sampling
                                         when a request leaves them out (the model's
                                         config.json "sampling", else upstream's) */
+    int t2i;                         /* LlamaGen text-to-image: a prompt, no class */
 } ts_api_model;
 
 /* What the parser needs to know about the server and its models. */

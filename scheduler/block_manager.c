@@ -33,6 +33,14 @@ void ts_bm_unreserve(ts_block_manager *bm, int *reserve)
     *reserve = 0;
 }
 
+void ts_bm_shrink(ts_block_manager *bm, int *reserve, int keep)
+{
+    if (keep < 0) keep = 0;
+    if (*reserve <= keep) return;
+    bm->reserved -= *reserve - keep;
+    *reserve = keep;
+}
+
 static int32_t take_block(ts_block_manager *bm, int *reserve, ts_error *err)
 {
     if (*reserve <= 0) {

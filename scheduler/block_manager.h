@@ -38,6 +38,9 @@ int ts_bm_blocks_for(const ts_block_manager *bm, int n_positions);
 int ts_bm_reserve(ts_block_manager *bm, int n, int *reserve);
 /* Returns what is left of a reservation (a finished or cancelled group). */
 void ts_bm_unreserve(ts_block_manager *bm, int *reserve);
+/* Returns the part of a reservation above keep (a group that needs less than it was
+ * promised: a t2i prompt shorter than the longest). */
+void ts_bm_shrink(ts_block_manager *bm, int *reserve, int keep);
 
 /* Makes t cover positions [0, n_positions) and makes the block holding position
  * first_write (and every later one) private to t, copying a shared block first. New

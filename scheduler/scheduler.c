@@ -34,6 +34,13 @@ typedef struct group {
     image_seqs *img;           /* [n_images] */
     ts_mg_prompt prompt;       /* masked: both branches' conditioning, made at admission */
     int has_prompt;
+    ts_t2i_prompt tprompt;     /* LlamaGen t2i: both branches' caption rows, made at
+                                  admission */
+    int has_tprompt;
+    int prefilled;             /* t2i: text positions already cached (every image alike) */
+    int chunk;                 /* this step: t2i text positions fed (0: none this step) */
+    int seqs;                  /* this step: sequences the group put in the lane's batch */
+    int drawing;               /* this step ends with a draw (t2i: the last chunk) */
     struct group *next;
 } group;
 
@@ -49,7 +56,8 @@ typedef struct ar_lane {
     ts_block_manager bm;
     const llamagen_config *c;  /* LlamaGen's GPT, or FAR's trunk */
     int k;                     /* codes per position: 1 (LlamaGen) or FAR's n_sub */
-    int shared_null;           /* LlamaGen: uncond rows start from null_prefix */
+    int shared_null;           /* LlamaGen c2i: uncond rows start from null_prefix */
+    int t2i;                   /* LlamaGen text-to-image: a text prefix per group */
     ts_block_table null_prefix;
     float *null_logits;        /* backend memory [vocab]: the null class's prefill logits */
 
@@ -142,11 +150,11 @@ static int group_px(const ts_sched *s, const group *g)
     return is_masked(g) ? s->mg->image_size : lane_of(s, g)->m->image_size;
 }
 
-/* Positions an image's sequences occupy: the class prefix, then every position but
- * the last (never fed back). The uncond sequence stops at the last CFG step. */
-static int cond_positions(const ar_lane *L)
+/* Condition positions of a group's sequences: the class (1), or a t2i prompt's text
+ * tokens; before the prompt is encoded, the most there can be (cls_token_num). */
+static int n_cond_of(const ar_lane *L, const group *g)
 {
-    return L->c->cls_token_num + L->c->block_size - 1;
+    return g && g->has_tprompt ? g->tprompt.n_text : L->c->cls_token_num;
 }
 
 static int last_cfg_step(const ar_lane *L, const ts_job_spec *spec)
@@ -157,22 +165,25 @@ static int last_cfg_step(const ar_lane *L, const ts_job_spec *spec)
     return last;   /* the active steps are always a prefix */
 }
 
-static int lane_blocks_per_image(const ar_lane *L, const ts_job_spec *spec)
+/* KV blocks of one image: the cond sequence holds the n_cond condition positions, then
+ * every image position but the last (never fed back); the uncond one stops at the last
+ * CFG step. */
+static int lane_blocks_per_image(const ar_lane *L, const ts_job_spec *spec, int n_cond)
 {
-    int n = ts_bm_blocks_for(&L->bm, cond_positions(L));
+    int n = ts_bm_blocks_for(&L->bm, n_cond + L->c->block_size - 1);
     int last = last_cfg_step(L, spec);
-    /* Steps 1..last feed the uncond row (up to position cls + last - 1). LlamaGen's step
-     * 0 reads the shared prefix's logits (its block is copied at step 1, counted here);
-     * FAR's uncond row runs its own class prefill at step 0. */
+    /* Steps 1..last feed the uncond row (up to position n_cond + last - 1). LlamaGen
+     * c2i's step 0 reads the shared prefix's logits (its block is copied at step 1,
+     * counted here); FAR's and t2i's uncond rows run their own prefill at step 0. */
     if (last >= (L->shared_null ? 1 : 0))
-        n += ts_bm_blocks_for(&L->bm, L->c->cls_token_num + last);
+        n += ts_bm_blocks_for(&L->bm, n_cond + last);
     return n;
 }
 
 int ts_sched_blocks_per_image(const ts_sched *s, const ts_job_spec *spec)
 {
     const ar_lane *L = lane_for(s, spec->family);
-    return L && L->m ? lane_blocks_per_image(L, spec) : 0;
+    return L && L->m ? lane_blocks_per_image(L, spec, n_cond_of(L, NULL)) : 0;
 }
 
 int ts_sched_max_blocks_per_image(const llamagen_config *c, int block_size)
@@ -205,11 +216,16 @@ static int check_ar(const ar_lane *L, const ts_job_spec *spec, ts_error *err)
     if (!L->m)
         return ts_fail(err, TS_ERR_INVALID, L->family == TS_JOB_FAR
                        ? "this server has no FQGAN (FAR, class-conditional) model"
-                       : "this server has no LlamaGen (class-conditional) model");
+                       : "this server has no LlamaGen model");
     const llamagen_config *c = L->c;
-    if (spec->class_id < 0 || spec->class_id >= c->num_classes)
+    if (L->t2i) {
+        if (!memchr(spec->prompt, '\0', sizeof spec->prompt))
+            return ts_fail(err, TS_ERR_INVALID, "prompt longer than %d bytes",
+                           TS_SCHED_MAX_PROMPT);
+    } else if (spec->class_id < 0 || spec->class_id >= c->num_classes) {
         return ts_fail(err, TS_ERR_INVALID, "class must be between 0 and %d", c->num_classes - 1);
-    int need = spec->n_images * lane_blocks_per_image(L, spec);
+    }
+    int need = spec->n_images * lane_blocks_per_image(L, spec, n_cond_of(L, NULL));
     int total = L->kv->n_blocks - L->null_prefix.n;
     if (need > total)
         return ts_fail(err, TS_ERR_INVALID,
@@ -249,6 +265,7 @@ static void group_free(ts_sched *s, group *g)
     }
     if (L) ts_bm_unreserve(&L->bm, &g->reserve);
     if (g->has_prompt) ts_mg_prompt_free(mmod(s), &g->prompt);
+    if (g->has_tprompt) ts_t2i_prompt_free(L->m, &g->tprompt);
     free(g->img);
     free(g);
 }
@@ -362,7 +379,8 @@ static int lane_init(ar_lane *L, ts_job_family family, ts_model *m, ts_kv_cache 
     L->kv = kv;
     L->c = ts_model_c2i_config(m);
     L->k = family == TS_JOB_FAR ? m->far->cfg.n_sub : 1;
-    L->shared_null = family == TS_JOB_AR;
+    L->t2i = ts_model_is_t2i(m);
+    L->shared_null = family == TS_JOB_AR && !L->t2i;
     ts_bm_init(&L->bm, kv);
     L->codes = malloc((size_t)L->c->block_size * L->k * sizeof *L->codes);
     if (!L->codes) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
@@ -403,7 +421,8 @@ int ts_sched_create(const ts_sched_models *models, const ts_sched_config *cfg,
                        "generator (gpt) and its vq, and a KV cache");
     if (mg && (mg->family != TS_FAMILY_MASKGEN || !mg->masked))
         return ts_fail(err, TS_ERR_CONFIG, "scheduler: the masked model is not a MaskGen folder");
-    if (cfg->max_batch < 1 || cfg->decodes_per_step < 1 || cfg->previews_per_step < 0)
+    if (cfg->max_batch < 1 || cfg->decodes_per_step < 1 || cfg->previews_per_step < 0 ||
+        cfg->prefill_tokens < 1)
         return ts_fail(err, TS_ERR_INVALID, "scheduler: bad limits");
     ts_sched *s = calloc(1, sizeof *s);
     if (!s) return ts_fail(err, TS_ERR_NOMEM, "scheduler: out of memory");
@@ -496,6 +515,18 @@ static int start_group(ts_sched *s, group *g, ts_error *err)
         if (masked)   /* every position masked: the mask token's id is the codebook size */
             for (int k = 0; k < n; k++) im->tokens[k] = mmod(s)->gen->cfg.codebook_size;
     }
+    ar_lane *L = lane_of(s, g);
+    if (L && L->t2i) {
+        int rc = ts_t2i_prompt_make(L->m, g->spec.prompt, g->spec.params.cfg_scale > 1.0f,
+                                    &g->tprompt, err);
+        if (rc) return rc;
+        g->has_tprompt = 1;
+        s->st.prompts_encoded++;
+        /* Admission promised blocks for the longest prompt; keep what this one needs. */
+        ts_bm_shrink(&L->bm, &g->reserve,
+                     g->spec.n_images * lane_blocks_per_image(L, &g->spec, g->tprompt.n_text));
+        return 0;
+    }
     if (!masked) return 0;
     int rc = ts_mg_prompt_make(mmod(s), g->spec.prompt, g->spec.mask.aesthetic, &g->prompt, err);
     if (rc) return rc;
@@ -520,7 +551,8 @@ static void admit(ts_sched *s)
         }
         if (!blocked) {
             ar_lane *L = lane_of(s, g);
-            int need = L ? g->spec.n_images * lane_blocks_per_image(L, &g->spec) : 0;
+            int need = L ? g->spec.n_images * lane_blocks_per_image(L, &g->spec,
+                                                                    n_cond_of(L, g)) : 0;
             if (images + g->spec.n_images <= s->cfg.max_batch &&
                 (need == 0 || ts_bm_reserve(&L->bm, need, &g->reserve) == 0)) {
                 ts_error err = {0};
@@ -572,14 +604,32 @@ static int two_rows(const ar_lane *L, const group *g)
     return p->cfg_scale > 1.0f && ts_gen_cfg_active(p, g->t) && (g->t > 0 || !L->shared_null);
 }
 
+/* t2i, step 0: the next chunk of both branches' text rows, [prefilled, + chunk). */
+static int add_text_rows(ar_lane *L, group *g, image_seqs *im, int *n_rows, ts_error *err)
+{
+    const ts_t2i_prompt *pr = &g->tprompt;
+    int from = g->prefilled, to = from + g->chunk, r = *n_rows, rc;
+    ts_block_table *tables[2] = {&im->cond, &im->uncond};
+    const float *rows[2] = {pr->cond, pr->uncond};
+    for (int b = 0; b < (g->spec.params.cfg_scale > 1.0f ? 2 : 1); b++) {
+        if ((rc = ts_bm_prepare(&L->bm, tables[b], to, from, &g->reserve, err))) return rc;
+        L->rows[r++] = (llamagen_seq){.n_past = from, .n_new = to - from, .ids = NULL,
+                                      .block_table = tables[b]->blocks, .n_cond = pr->n_text,
+                                      .cond_emb = rows[b]};
+    }
+    *n_rows = r;
+    return 0;
+}
+
 /* Adds the rows of image i of g at step t to the lane's batch. */
 static int add_rows(ar_lane *L, group *g, int i, int *n_rows, ts_error *err)
 {
     const llamagen_config *c = L->c;
     image_seqs *im = &g->img[i];
-    int t = g->t, cls = c->cls_token_num, r = *n_rows, k = L->k;
+    int t = g->t, cls = n_cond_of(L, g), r = *n_rows, k = L->k;
     int cfg = g->spec.params.cfg_scale > 1.0f;
     int rc;
+    if (L->t2i && t == 0) return add_text_rows(L, g, im, n_rows, err);
     if (t == 0) {
         if ((rc = ts_bm_prepare(&L->bm, &im->cond, cls, 0, &g->reserve, err))) return rc;
         set_row(L, r++, 0, &im->cond, g->spec.class_id, NULL);
@@ -600,10 +650,12 @@ static int add_rows(ar_lane *L, group *g, int i, int *n_rows, ts_error *err)
     int pos = cls + t - 1;   /* where position t-1's codes go */
     const int32_t *codes = im->tokens + (size_t)(t - 1) * k;
     if ((rc = ts_bm_prepare(&L->bm, &im->cond, pos + 1, pos, &g->reserve, err))) return rc;
-    set_row(L, r++, pos, &im->cond, 0, codes);
+    set_row(L, r, pos, &im->cond, 0, codes);
+    L->rows[r++].n_cond = L->t2i ? cls : 0;
     if (two_rows(L, g)) {
         if ((rc = ts_bm_prepare(&L->bm, &im->uncond, pos + 1, pos, &g->reserve, err))) return rc;
-        set_row(L, r++, pos, &im->uncond, 0, codes);
+        set_row(L, r, pos, &im->uncond, 0, codes);
+        L->rows[r++].n_cond = L->t2i ? cls : 0;
     } else if (im->uncond.n) {
         ts_bm_release(&L->bm, &im->uncond);   /* CFG is over for this image: free early */
     }
@@ -655,6 +707,38 @@ static void group_advanced(ts_sched *s, group *g)
     }
 }
 
+/* What each running group of the lane does this step. A t2i group's text prefix is fed
+ * in chunks: the groups still prefilling share the step's prefill budget in arrival
+ * order (each feeds the same chunk to every sequence it has), so a long prompt never
+ * stalls the others' decode steps for long; the first such group always gets at least
+ * one position, so every prompt makes progress. Its draw comes with its last chunk. */
+static void plan_prefill(ts_sched *s, ar_lane *L)
+{
+    int budget = s->cfg.prefill_tokens, first = 1;
+    for (group *g = s->groups; g; g = g->next) {
+        if (!running_in(g, L->family)) continue;
+        int per = two_rows(L, g) ? 2 : 1;
+        g->chunk = 0;
+        g->seqs = g->spec.n_images * per;
+        g->drawing = 1;
+        if (!L->t2i || g->t > 0) continue;
+        int left = g->tprompt.n_text - g->prefilled;
+        int chunk = budget / g->seqs;
+        if (chunk > left) chunk = left;
+        if (chunk < 1 && first) chunk = 1;
+        first = 0;
+        if (chunk < 1) {   /* no budget left this step: wait */
+            g->seqs = 0;
+            g->drawing = 0;
+            continue;
+        }
+        budget -= chunk * g->seqs;
+        if (budget < 0) budget = 0;
+        g->chunk = chunk;
+        g->drawing = g->prefilled + chunk == g->tprompt.n_text;
+    }
+}
+
 /* The lane's batched forward over n_rows rows: LlamaGen's GPT, or FAR's trunk. */
 static int lane_forward(ar_lane *L, int n_rows, ts_error *err)
 {
@@ -689,15 +773,16 @@ static int lane_step(ts_sched *s, ar_lane *L, ts_error *err)
     if (!L->m) return 0;
     int V = L->c->vocab_size, k = L->k;
     int rows_needed = 0, images = 0;
+    plan_prefill(s, L);
     for (group *g = s->groups; g; g = g->next)
-        if (running_in(g, L->family)) rows_needed += 2 * g->spec.n_images;
+        if (running_in(g, L->family) && g->seqs) rows_needed += 2 * g->spec.n_images;
     if (!rows_needed) return 0;
     int rc = grow_scratch(L, rows_needed, err);
     if (rc) return rc;
 
     int n_rows = 0;
     for (group *g = s->groups; g; g = g->next) {
-        if (!running_in(g, L->family)) continue;
+        if (!running_in(g, L->family) || !g->seqs) continue;
         for (int i = 0; i < g->spec.n_images; i++)
             if ((rc = add_rows(L, g, i, &n_rows, err))) return rc;
         images += g->spec.n_images;
@@ -716,6 +801,10 @@ static int lane_step(ts_sched *s, ar_lane *L, ts_error *err)
         int r = 0, d = 0;
         for (group *g = s->groups; g; g = g->next) {
             if (!running_in(g, L->family)) continue;
+            if (!g->drawing) {   /* a t2i prefill chunk before the last, or no rows */
+                r += g->seqs;
+                continue;
+            }
             const ts_gen_params *p = &g->spec.params;
             int t = g->t, two = two_rows(L, g);
             for (int i = 0; i < g->spec.n_images; i++) {
@@ -735,6 +824,10 @@ static int lane_step(ts_sched *s, ar_lane *L, ts_error *err)
         r = d = 0;
         for (group *g = s->groups; g; g = g->next) {
             if (!running_in(g, L->family)) continue;
+            if (!g->drawing) {
+                r += g->seqs;
+                continue;
+            }
             int two = two_rows(L, g);
             for (int i = 0; i < g->spec.n_images; i++) {
                 int32_t code = L->picked[d++];
@@ -747,7 +840,10 @@ static int lane_step(ts_sched *s, ar_lane *L, ts_error *err)
     group *g = s->groups;
     while (g) {
         group *next = g->next;
-        if (running_in(g, L->family)) group_advanced(s, g);
+        if (running_in(g, L->family)) {
+            g->prefilled += g->chunk;
+            if (g->drawing) group_advanced(s, g);
+        }
         g = next;
     }
     return 0;

@@ -113,6 +113,8 @@ typedef struct ts_sched_config {
     int max_batch;          /* images stepped together, every family counted */
     int decodes_per_step;   /* final image decodes per step (>= 1) */
     int previews_per_step;  /* groups whose previews are decoded per step (>= 0) */
+    int prefill_tokens;     /* LlamaGen t2i: text positions fed per step over every
+                               sequence still prefilling (>= 1; at least one a step) */
 } ts_sched_config;
 
 /* One autoregressive lane's figures (the FAR lane's; LlamaGen's are ts_sched_stats'

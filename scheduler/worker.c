@@ -315,6 +315,7 @@ static void c2i_info(ts_worker *w, ts_model *m, ts_model_info *i, const char *de
     i->job_family = far ? TS_JOB_FAR : TS_JOB_AR;
     i->arg_index = arg_index(w, m);
     i->image_size = m->image_size;
+    i->t2i = ts_model_is_t2i(m);
     i->num_classes = c->num_classes;
     i->vocab_size = c->vocab_size;
     i->n_tokens = c->block_size;

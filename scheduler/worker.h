@@ -55,6 +55,7 @@ typedef struct ts_model_info {
                                    positions, the steps, each n_sub ids) */
     int n_sub;                  /* ids per position: FQGAN's k, else 1 */
     /* LlamaGen and FQGAN */
+    int t2i;                    /* LlamaGen text-to-image: prompts, no classes */
     int num_classes;
     int vocab_size;
     int kv_blocks;

@@ -58,7 +58,9 @@ static void usage(FILE *f)
         "                       the CPU with a notice)\n"
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
         "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
-        "  --max-connections N  concurrent HTTP connections (default 1024)\n");
+        "  --max-connections N  concurrent HTTP connections (default 1024)\n"
+        "  --prefill-tokens N   LlamaGen text-to-image: prompt positions fed per step, over\n"
+        "                       every request still reading its prompt (default 256)\n");
 }
 
 static int parse_bytes(const char *s, size_t *out)
@@ -137,10 +139,10 @@ static void on_wake(uv_async_t *a)
                                     .preview_every = s->opt.preview_every,
                                     .masked_preview_every = s->opt.masked_preview_every};
         if (ar) {
-            load_classes(s, ar, &s->classes);
+            if (!ar->t2i) load_classes(s, ar, &s->classes);
             s->limits.ar = (ts_api_model){1, ar->name, ar->image_size, ar->n_tokens,
                                           ar->num_classes, ar->vocab_size, &s->classes, {0},
-                                          ar->gen_defaults};
+                                          ar->gen_defaults, ar->t2i};
             fprintf(stderr, "tessera serve: ready: %s, %dx%d px, %d tokens per image, %d KV "
                             "blocks (%.1f MiB, %d per image), batch %d, %d class names, on %s\n",
                     ar->name, ar->image_size, ar->image_size, ar->n_tokens, ar->kv_blocks,
@@ -151,7 +153,7 @@ static void on_wake(uv_async_t *a)
             load_classes(s, far, &s->far_classes);
             s->limits.far = (ts_api_model){1, far->name, far->image_size, far->n_tokens,
                                            far->num_classes, far->vocab_size, &s->far_classes,
-                                           {0}, far->gen_defaults};
+                                           {0}, far->gen_defaults, 0};
             fprintf(stderr, "tessera serve: ready: %s (fqgan), %dx%d px, %d positions x %d "
                             "sub-tokens per image, %d KV blocks (%.1f MiB, %d per image), batch "
                             "%d, %d class names, on %s\n",
@@ -162,7 +164,7 @@ static void on_wake(uv_async_t *a)
         if (mg) {
             s->limits.masked = (ts_api_model){1, mg->name, mg->image_size, mg->n_tokens, 0, 0,
                                               &s->classes, mg->defaults,
-                                              {.cfg_scale = 0}};
+                                              {.cfg_scale = 0}, 0};
             fprintf(stderr, "tessera serve: ready: %s (maskgen), %dx%d px, %d tokens per image, "
                             "%d steps, guidance %g, randomize_temperature %g, aesthetic %g, "
                             "batch %d, on %s\n",
@@ -255,9 +257,10 @@ int cmd_serve(int argc, char **argv)
 {
     serve_options o = {.host = "127.0.0.1", .port = 8080, .max_batch = 16, .queue_limit = 64,
                        .preview_every = 32, .masked_preview_every = 1, .device = "auto",
-                       .job_ttl = 600, .sse_ping = 15, .max_connections = 1024};
+                       .job_ttl = 600, .sse_ping = 15, .max_connections = 1024,
+                       .prefill_tokens = 256};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
-           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW };
+           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
@@ -269,6 +272,7 @@ int cmd_serve(int argc, char **argv)
         {"job-ttl", required_argument, 0, O_TTL},
         {"sse-ping", required_argument, 0, O_PING},
         {"max-connections", required_argument, 0, O_CONNS}, {"help", no_argument, 0, O_HELP},
+        {"prefill-tokens", required_argument, 0, O_PREFILL},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -293,6 +297,7 @@ int cmd_serve(int argc, char **argv)
         case O_KEYS: o.api_key_file = optarg; break;
         case O_PREVIEW: if (ts_parse_long(optarg, 0, 1 << 20, &v)) bad = "--preview-every"; else o.preview_every = (int)v; break;
         case O_MPREVIEW: if (ts_parse_long(optarg, 0, 1 << 20, &v)) bad = "--masked-preview-every"; else o.masked_preview_every = (int)v; break;
+        case O_PREFILL: if (ts_parse_long(optarg, 1, 1 << 20, &v)) bad = "--prefill-tokens"; else o.prefill_tokens = (int)v; break;
         case O_THREADS: if (ts_parse_long(optarg, 1, 1024, &v)) bad = "--threads"; else o.threads = (int)v; break;
         case O_DEVICE:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "cuda-fp32") &&
@@ -359,7 +364,8 @@ int cmd_serve(int argc, char **argv)
             o.n_models > 2 ? o.model_dirs[2] : "");
     ts_worker_config wc = {{o.model_dirs[0], o.model_dirs[1], o.model_dirs[2]}, o.n_models,
                            o.device, o.threads, o.kv_memory,
-                           {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1}};
+                           {o.max_batch, 2, o.max_batch > 4 ? o.max_batch / 4 : 1,
+                            o.prefill_tokens}};
     if (ts_worker_start(&wc, notify, &s.wake, &s.worker, &err)) {
         fprintf(stderr, "tessera serve: %s\n", err.msg);
         http_stop(&s);

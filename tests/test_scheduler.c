@@ -133,7 +133,7 @@ static void rig_open(rig *r, int max_batch, int kv_blocks, int previews)
     const llamagen_config *c = &r->m->gpt->cfg;
     ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, kv_blocks,
                                 &r->kv, &err), err);
-    ts_sched_config sc = {max_batch, 2, previews};
+    ts_sched_config sc = {max_batch, 2, previews, 256};
     ts_sched_models mods = {r->m, r->kv, NULL, NULL, NULL};
     ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
@@ -390,7 +390,7 @@ static void rig_open_masked(rig *r, int with_ar, int max_batch, int previews)
         ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, 64, &r->kv,
                                     &err), err);
     }
-    ts_sched_config sc = {max_batch, 2, previews};
+    ts_sched_config sc = {max_batch, 2, previews, 256};
     ts_sched_models mods = {r->m, r->kv, r->mg, NULL, NULL};
     ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
@@ -717,7 +717,7 @@ static void rig_open_far(rig *r, const char *far_dir, int with_ar, int with_mg, 
                                     &err), err);
     }
     if (with_mg) ts_ck_ok(ts_model_load(r->be, MG_FIXTURE, &r->mg, &err), err);
-    ts_sched_config sc = {max_batch, 2, previews};
+    ts_sched_config sc = {max_batch, 2, previews, 256};
     ts_sched_models mods = {r->m, r->kv, r->mg, r->far, r->far_kv};
     ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
@@ -1018,6 +1018,129 @@ START_TEST(test_far_previews)
 }
 END_TEST
 
+/* ------------------------------------------------------------ LlamaGen text-to-image */
+
+#define T2I_DIR "tests/fixtures/llamagen_t2i_tiny"
+static const char *const T2I_PROMPTS[] = {
+    "A blue Porsche 356 parked in front of a yellow brick wall.",
+    "http://example.com",   /* cleans to nothing: </s> alone */
+    "café crème, 3 cats & 2 dogs; naïve résumé",
+};
+
+static void rig_open_t2i(rig *r, int max_batch, int kv_blocks, int prefill_tokens)
+{
+    ts_error err = {0};
+    memset(r, 0, sizeof *r);
+    r->be = ts_backend_cpu_create(2, &err);
+    ck_assert_ptr_nonnull(r->be);
+    ts_ck_ok(ts_model_load(r->be, T2I_DIR, &r->m, &err), err);
+    ck_assert(ts_model_is_t2i(r->m));
+    const llamagen_config *c = &r->m->gpt->cfg;
+    ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, kv_blocks,
+                                &r->kv, &err), err);
+    ts_sched_config sc = {max_batch, 2, 0, prefill_tokens};
+    ts_sched_models mods = {r->m, r->kv, NULL, NULL, NULL};
+    ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
+}
+
+static ts_job_spec t2i_spec(int n, const char *prompt, uint64_t seed, float cfg, float interval)
+{
+    ts_job_spec s = {.n_images = n, .class_id = -1,
+                     .params = {cfg, interval, {1.0f, 0, 1.0f}, seed}, .family = TS_JOB_AR};
+    snprintf(s.prompt, sizeof s.prompt, "%s", prompt);
+    return s;
+}
+
+/* The CLI's whole-batch t2i generator, one image alone. */
+static void t2i_reference(rig *r, const ts_job_spec *s, int image, int32_t *out)
+{
+    ts_gen_params p = s->params;
+    p.seed += (uint64_t)image;
+    ts_error err = {0};
+    ts_t2i_prompt pr;
+    ts_ck_ok(ts_t2i_prompt_make(r->m, s->prompt, p.cfg_scale > 1.0f, &pr, &err), err);
+    const ts_t2i_prompt *each = &pr;
+    ts_ck_ok(ts_generate_t2i(r->m, &p, &each, 1, out, NULL, NULL, &err), err);
+    ts_t2i_prompt_free(r->m, &pr);
+}
+
+/* Prompts of 37, 1 and 18 tokens, sampled (top-k 0), with CFG, without, and with a CFG
+ * interval, under a prefill budget of 10 positions a step: the 37-token prompt with CFG
+ * is fed 5 positions a step, shared with the others, while earlier groups decode; every
+ * image equals the same seed alone, and every block comes back. */
+START_TEST(test_t2i_chunked_prefill_batched_equals_alone)
+{
+    rig r;
+    rig_open_t2i(&r, 8, 96, 10);
+    int L = r.m->gpt->cfg.block_size;
+    ts_job_spec specs[4] = {t2i_spec(1, T2I_PROMPTS[2], 5, 7.5f, -1.0f),
+                            t2i_spec(2, T2I_PROMPTS[0], 11, 7.5f, -1.0f),
+                            t2i_spec(1, T2I_PROMPTS[1], 22, 1.0f, -1.0f),
+                            t2i_spec(2, T2I_PROMPTS[0], 33, 4.0f, 3.0f)};
+    ts_error err = {0};
+    ts_ck_ok(ts_sched_add(r.s, 1, &specs[0], &err), err);
+    for (int i = 0; i < 3; i++) ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 2, &specs[1], &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 3, &specs[2], &err), err);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_ck_ok(ts_sched_add(r.s, 4, &specs[3], &err), err);
+    int steps = run_until_idle(&r, 400);
+
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.kv_blocks_free, r.kv->n_blocks);   /* no shared prefix for t2i */
+    ck_assert_int_eq(st.kv_blocks_reserved, 0);
+    ck_assert_int_eq((int)st.images_done, 6);
+    ck_assert_int_eq((int)st.prompts_encoded, 4);
+    /* Job 2 (37 tokens, 2 images with CFG: 4 sequences) alone would need 37 / 2 = 19
+     * prefill steps at 10 positions a step; the run takes longer than L steps. */
+    ck_assert_int_gt(steps, L + 19);
+
+    int32_t *want = malloc((size_t)L * sizeof *want);
+    for (int j = 0; j < 4; j++) {
+        uint64_t id = (uint64_t)j + 1;
+        ck_assert_ptr_nonnull(find_event(&r, id, TS_EV_DONE, 0));
+        ck_assert_int_eq(count_events(&r, id, TS_EV_PROGRESS), L);
+        for (int i = 0; i < specs[j].n_images; i++) {
+            const ts_event *img = find_event(&r, id, TS_EV_IMAGE, i);
+            ck_assert_ptr_nonnull(img);
+            t2i_reference(&r, &specs[j], i, want);
+            ck_assert_msg(memcmp(img->tokens, want, (size_t)L * sizeof *want) == 0,
+                          "t2i job %d image %d differs from the same seed alone", j + 1, i);
+        }
+    }
+    free(want);
+    rig_close(&r);
+}
+END_TEST
+
+/* A class request is refused with a reason; a group cancelled mid-prefill gives back
+ * its blocks and reservation at the next step. */
+START_TEST(test_t2i_refusals_and_cancel)
+{
+    rig r;
+    rig_open_t2i(&r, 4, 64, 4);
+    ts_error err = {0};
+    ts_job_spec s = t2i_spec(1, T2I_PROMPTS[0], 1, 7.5f, -1.0f);
+    memset(s.prompt, 'a', sizeof s.prompt);   /* not terminated */
+    ts_ck_fails(ts_sched_check(r.s, &s, &err), err, TS_ERR_INVALID, "prompt longer");
+    s = t2i_spec(2, T2I_PROMPTS[0], 1, 7.5f, -1.0f);
+    ts_ck_ok(ts_sched_add(r.s, 1, &s, &err), err);
+    for (int i = 0; i < 3; i++) ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_stats st;
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_lt(st.kv_blocks_free, r.kv->n_blocks);
+    ck_assert_int_eq(count_events(&r, 1, TS_EV_PROGRESS), 0);   /* still reading its prompt */
+    ck_assert_int_eq(ts_sched_cancel(r.s, 1), 0);
+    ts_ck_ok(ts_sched_step(r.s, &err), err);
+    ts_sched_get_stats(r.s, &st);
+    ck_assert_int_eq(st.kv_blocks_free, r.kv->n_blocks);
+    ck_assert_int_eq(st.kv_blocks_reserved, 0);
+    ck_assert_ptr_nonnull(find_event(&r, 1, TS_EV_CANCELLED, 0));
+    rig_close(&r);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("scheduler");
@@ -1038,6 +1161,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_far_with_llamagen_and_maskgen_interleaved);
     tcase_add_test(tc, test_far_cancel_and_admission);
     tcase_add_test(tc, test_far_previews);
+    tcase_add_test(tc, test_t2i_chunked_prefill_batched_equals_alone);
+    tcase_add_test(tc, test_t2i_refusals_and_cancel);
     suite_add_tcase(s, tc);
     return s;
 }
