@@ -164,7 +164,7 @@ json_t *job_result_json(server *s, job *j)
     json_t *imgs = ts_api_images_json(j->images, j->n_ready, openai);
     if (!imgs) return NULL;
     if (openai) return json_pack("{s:I, s:o}", "created", (json_int_t)j->created_unix, "data", imgs);
-    if (j->req.spec.family == TS_JOB_MASKED)
+    if (j->req.spec.family == TS_JOB_MASKED || j->req.spec.class_id < 0)   /* text prompts */
         return json_pack("{s:s, s:s, s:o}", "model", job_model_name(s, j), "prompt",
                          j->req.spec.prompt, "images", imgs);
     return json_pack("{s:s, s:i, s:o}", "model", job_model_name(s, j), "class",
@@ -178,6 +178,9 @@ static int encode_png(server *s, job *j, const ts_event *ev, uint8_t **png, size
     if (spec->family == TS_JOB_MASKED)
         ts_png_mask_parameters(params, sizeof params, job_model_name(s, j), spec->prompt,
                                ev->image, &spec->mask, spec->params.seed);
+    else if (spec->class_id < 0)   /* LlamaGen t2i */
+        ts_png_t2i_parameters(params, sizeof params, job_model_name(s, j), spec->prompt,
+                              ev->image, &spec->params);
     else
         ts_png_parameters(params, sizeof params, job_model_name(s, j), spec->class_id, ev->image,
                           &spec->params);

@@ -128,8 +128,9 @@ static json_t *model_json(server *s, const ts_model_info *i)
             json_object_set_new(o, "sub_tokens", json_integer(i->n_sub));
         }
         json_object_set_new(o, "num_classes", json_integer(i->num_classes));
-        json_object_set_new(o, "class_names", json_boolean(t && t->n > 0));
-        json_object_set_new(o, "input", json_string("class"));
+        json_object_set_new(o, "class_names", json_boolean(!i->t2i && t && t->n > 0));
+        json_object_set_new(o, "input", json_string(i->t2i ? "prompt" : "class"));
+        if (i->t2i) json_object_set_new(o, "max_prompt_bytes", json_integer(TS_API_MAX_PROMPT));
         json_object_set_new(o, "steps", json_integer(i->n_tokens));
         const ts_gen_params *d = &i->gen_defaults;
         json_object_set_new(o, "defaults",

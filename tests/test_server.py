@@ -48,6 +48,10 @@ MG_PX = 32
 FAR_POSITIONS = 16  # fqgan_tiny: positions per image (the steps), each FAR_K sub-tokens
 FAR_K = 2
 FAR_PX = 32
+T2I = os.path.join(ROOT, "tests", "fixtures", "llamagen_t2i_tiny")
+T2I_NAME = "Tessera test fixture llamagen_t2i_tiny"
+T2I_PX = 16
+T2I_TOKENS = 16
 
 
 def free_port():
@@ -182,6 +186,19 @@ def cli_masked_png(prompt, seed, n=1, **kw):
     """PNG bytes of the CLI for a MaskGen request (image i of n)."""
     out = os.path.join(WORK, "cli-mg-%d-%d.png" % (seed, len(os.listdir(WORK))))
     args = [BIN, "generate", "--model", MASKGEN, "--prompt", prompt, "--seed", str(seed),
+            "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
+    for k, v in kw.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    subprocess.run(args, check=True)
+    if n == 1:
+        return [open(out, "rb").read()]
+    return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
+
+
+def cli_t2i_png(prompt, seed, n=1, **kw):
+    """PNG bytes of the CLI for a LlamaGen text-to-image request (image i of n)."""
+    out = os.path.join(WORK, "cli-t2i-%d-%d.png" % (seed, len(os.listdir(WORK))))
+    args = [BIN, "generate", "--model", T2I, "--prompt", prompt, "--seed", str(seed),
             "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
     for k, v in kw.items():
         args += ["--" + k.replace("_", "-"), str(v)]
@@ -1242,6 +1259,93 @@ def test_far_decode_only_folder_refused():
     assert code != 0 and "no FAR generator" in srv.output(), srv.output()
 
 
+# --------------------------------------------------------------------------- LlamaGen t2i
+
+
+PORSCHE = "A blue Porsche 356 parked in front of a yellow brick wall."
+LONG_PROMPT = " ".join(["a red teapot on the moon, digital art"] * 25)   # truncated to 120
+
+
+def test_t2i_png_same_as_cli(t2i):
+    """The t2i fixture with MaskGen beside it, a prefill budget of 8 positions a step: a
+    prompt naming the t2i model gives the CLI's PNG, also with several images, sampling
+    settings, a prompt truncated to 120 tokens and concurrent requests."""
+    status, _, models = t2i.json("GET", "/v1/models")
+    entry = [m for m in models["data"] if m["id"] == T2I_NAME][0]
+    assert entry["input"] == "prompt" and entry["family"] == "llamagen", entry
+    assert entry["defaults"]["cfg"] == 7.5 and entry["defaults"]["top_k"] == 1000, entry
+    status, hdrs, png = t2i.request("POST", "/generate", {"model": T2I_NAME, "prompt": PORSCHE,
+                                                          "seed": 7})
+    assert status == 200 and hdrs["content-type"] == "image/png", (status, png[:300])
+    assert png_size(png) == (T2I_PX, T2I_PX)
+    assert png == cli_t2i_png(PORSCHE, 7)[0], "server t2i PNG differs from the CLI's"
+    params = png_parameters(png)
+    assert params.startswith("model=" + T2I_NAME) and ("prompt=" + PORSCHE) in params, params
+    kw = {"cfg": 3.0, "top_k": 20, "temperature": 0.9}
+    status, _, res = t2i.json("POST", "/generate", dict(model=T2I_NAME, prompt=LONG_PROMPT,
+                                                        seed=11, n=2, **kw))
+    assert status == 200 and res["prompt"] == LONG_PROMPT, res
+    assert [base64.b64decode(im["png"]) for im in res["images"]] == \
+        cli_t2i_png(LONG_PROMPT, 11, n=2, **kw)
+    # Concurrent requests of different lengths batch together and stay reproducible.
+    bodies = [{"model": T2I_NAME, "prompt": p, "seed": 20 + i, "cfg": c}
+              for i, (p, c) in enumerate([(PORSCHE, 7.5), ("http://example.com", 1),
+                                          ("café crème", 4), (LONG_PROMPT, 7.5)])]
+    results = [None] * len(bodies)
+
+    def run(i):
+        results[i] = t2i.request("POST", "/generate", bodies[i])
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(bodies))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for body, (status, _, png) in zip(bodies, results):
+        assert status == 200, png[:300]
+        assert png == cli_t2i_png(body["prompt"], body["seed"], cfg=body["cfg"])[0], body
+    # Without "model" a prompt goes to MaskGen, which this server also has.
+    status, _, png = t2i.request("POST", "/generate", {"prompt": "a red cube", "seed": 7})
+    assert status == 200 and png == cli_masked_png("a red cube", 7)[0]
+
+
+def test_t2i_sse_and_openai(t2i):
+    c, r = open_stream(t2i.port, "/generate", {"model": T2I_NAME, "prompt": PORSCHE, "seed": 3,
+                                               "n": 2, "stream": True})
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    events = list(sse_events(r))
+    c.close()
+    names = [e for e, _ in events if e != ":"]
+    assert names[-1] == "done" and "preview" in names, names
+    progress = [json.loads(d)["step"] for e, d in events if e == "progress"]
+    assert progress == list(range(1, T2I_TOKENS + 1)), progress
+    done = json.loads(events[-1][1])
+    assert done["prompt"] == PORSCHE
+    assert [base64.b64decode(im["png"]) for im in done["images"]] == cli_t2i_png(PORSCHE, 3, n=2)
+    status, _, body = t2i.json("POST", "/v1/images/generations",
+                               {"model": T2I_NAME, "prompt": PORSCHE, "seed": 5,
+                                "size": "16x16"})
+    assert status == 200, body
+    assert base64.b64decode(body["data"][0]["b64_json"]) == cli_t2i_png(PORSCHE, 5)[0]
+
+
+def test_t2i_errors(t2i):
+    cases = [
+        ({"model": T2I_NAME, "class": 3}, "text-to-image"),
+        ({"model": T2I_NAME, "prompt": "a cat", "negative_prompt": "a dog"}, "negative_prompt"),
+        ({"prompt": "a cat", "negative_prompt": ""}, "negative_prompt"),
+        ({"model": T2I_NAME, "prompt": "x" * 1001}, "longer than 1000"),
+        ({"model": T2I_NAME, "prompt": 5}, "must be a string"),
+        ({"model": T2I_NAME, "prompt": "a cat", "guidance": 3}, "not a parameter"),
+    ]
+    for body, needle in cases:
+        status, code, msg = error_of(t2i.json("POST", "/generate", body))
+        assert status == 422 and code == "invalid_field" and needle in msg, (body, status, msg)
+    # The server is still healthy and serves afterwards.
+    status, _, png = t2i.request("POST", "/generate", {"model": T2I_NAME, "prompt": "ok",
+                                                       "seed": 1})
+    assert status == 200 and png_size(png) == (T2I_PX, T2I_PX)
+
+
 def make_slow_model():
     """256 tokens per image (16x16 grid), still small: ~1 s per image on two cores."""
     tmp = os.path.join(WORK, "ckpt")
@@ -1271,6 +1375,8 @@ def main():
               "slow": lambda: Server(SLOW, "--max-batch", "4"),
               "both": lambda: Server(TINY, "--model", MASKGEN, "--preview-every", "4",
                                      "--masked-preview-every", "2"),
+              "t2i": lambda: Server(T2I, "--model", MASKGEN, "--preview-every", "4",
+                                    "--prefill-tokens", "8"),
               "three": lambda: Server(TINY, "--model", FQGAN, "--model", MASKGEN,
                                       "--preview-every", "4", "--masked-preview-every", "2")}
     wanted = {a for _, fn in tests for a in fn.__code__.co_varnames[:fn.__code__.co_argcount]}
