@@ -19,7 +19,7 @@ language/t5.py calls it), side by side in one run. For the device machine:
 Weights: every model is built by its own code with random initialisation (upstream's GPT
 and VQ, transformers' T5), saved in the official layouts and converted by tools/convert.py
 llamagen --t5, so both sides read the same numbers. The sentencepiece model is
-tests/fixtures/spm_tiny/spiece.model (T5's own is not available offline); the prompts are
+tests/fixtures/llamagen_t2i_tiny/spiece.model (T5's own is not available offline); the prompts are
 lower-case plain text, which upstream's caption cleaning leaves as is, so the official side
 tokenizes them directly (sentencepiece, Hugging Face's T5 truncation and </s>), skipping
 language/t5.py's ftfy and BeautifulSoup imports, which this machine lacks.
@@ -41,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, HERE)
-SPIECE = os.path.join(ROOT, "tests", "fixtures", "spm_tiny", "spiece.model")
+SPIECE = os.path.join(ROOT, "tests", "fixtures", "llamagen_t2i_tiny", "spiece.model")
 PROMPTS = ["a blue porsche 356 parked in front of a yellow brick wall",
            "a photo of an astronaut riding a horse in the forest",
            "a map of the united states made out of sushi",
