@@ -4,7 +4,8 @@
 language/t5.py calls it), side by side in one run. For the device machine:
 
     python3 bench/gpu_t2i.py --tessera BIN [--upstream bench/upstream/LlamaGen]
-                             [--work /tmp/tessera-t2i] [--out DIR] [--n 1,4] [--skip-512]
+                             [--work /tmp/tessera-t2i] [--out DIR] [--n 1,4]
+                             [--sizes 256,512] [--runs 3]
 
 1. Greedy parity, fp32 (TF32 off) on both sides: a GPT of GPT-XL's width with 4 layers and a
    T5 of FLAN-T5-XL's width with 2 layers, random weights, 256 px, top-k 1, CFG 7.5, four
@@ -13,8 +14,8 @@ language/t5.py calls it), side by side in one run. For the device machine:
    layers, 1280 wide, 120 text positions) with a FLAN-T5-XL-shaped encoder (24 layers, 2048
    wide) and VQ-16, random weights, at 256 px (16x16 tokens) and 512 px (32x32). Per size
    and batch: the prompt's T5 encoding and the token generation (cfg 7.5, top-k 1000), each
-   the median of 3 runs after a warm-up; Tessera's from `tessera generate`'s own timers
-   (model loading excluded).
+   the median of --runs runs after a warm-up (the official one of 16 tokens); Tessera's
+   from `tessera generate`'s own timers (model loading excluded).
 
 Weights: every model is built by its own code with random initialisation (upstream's GPT
 and VQ, transformers' T5), saved in the official layouts and converted by tools/convert.py
@@ -114,7 +115,7 @@ def tessera(binary, model, prompt, n, device, extra=()):
 class Official:
     """Upstream's GPT + generate() and transformers' T5, as sample_t2i.py drives them."""
 
-    def __init__(self, up, d, image_size, dtype, dev):
+    def __init__(self, up, d, image_size, dtype, dev, n_layer):
         import sentencepiece
         from transformers import T5EncoderModel
         from autoregressive.models import generate as ugen
@@ -122,10 +123,14 @@ class Official:
         self.generate, self.dev, self.dtype = ugen.generate, dev, dtype
         latent = image_size // 16
         self.n_tokens = latent ** 2
-        self.gpt = ugpt.GPT_models["GPT-XL"](block_size=self.n_tokens, cls_token_num=120,
-                                             model_type="t2i").to(dev, dtype)
+        # GPT-XL's width with n_layer layers (GPT_models["GPT-XL"] when n_layer is 36).
+        self.gpt = ugpt.Transformer(ugpt.ModelArgs(
+            n_layer=n_layer, n_head=20, dim=1280, block_size=self.n_tokens, cls_token_num=120,
+            model_type="t2i")).to(dev, dtype)
         sd = torch.load(os.path.join(d, "t2i.pt"), map_location="cpu")["model"]
-        self.gpt.load_state_dict(sd, strict=False)
+        res = self.gpt.load_state_dict(sd, strict=False)
+        if res.missing_keys:
+            sys.exit("official GPT: missing %s" % res.missing_keys[:8])
         self.gpt.eval()
         self.t5 = T5EncoderModel.from_pretrained(os.path.join(d, "t5"), torch_dtype=dtype).to(dev)
         self.t5.eval()
@@ -142,7 +147,7 @@ class Official:
         emb = self.t5(input_ids=ids, attention_mask=mask)["last_hidden_state"]
         return emb, mask
 
-    def run(self, prompts, cfg, top_k):
+    def run(self, prompts, cfg, top_k, n_tokens=None):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         emb, mask = self.features(prompts)
@@ -154,7 +159,7 @@ class Official:
             n = int(m.sum().item())
             embs.append(torch.cat([e[n:], e[:n]]))
         c = torch.stack(embs) * new_mask[:, :, None]
-        seq = self.generate(self.gpt, c.to(self.dtype), self.n_tokens, new_mask, cfg_scale=cfg,
+        seq = self.generate(self.gpt, c.to(self.dtype), n_tokens or self.n_tokens, new_mask, cfg_scale=cfg,
                             temperature=1.0, top_k=top_k, top_p=1.0, sample_logits=True)
         torch.cuda.synchronize()
         return t1 - t0, time.perf_counter() - t1, seq, emb
@@ -167,7 +172,8 @@ def main():
     ap.add_argument("--work", default="/tmp/tessera-t2i")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--n", default="1,4")
-    ap.add_argument("--skip-512", action="store_true")
+    ap.add_argument("--sizes", default="256,512")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per configuration (medians)")
     a = ap.parse_args()
     out_dir = a.out or a.work
     os.makedirs(out_dir, exist_ok=True)
@@ -188,7 +194,7 @@ def main():
     small = os.path.join(a.work, "small")
     make_checkpoints(a.upstream, small, t5_layers=2, gpt_layers=4, dtype=torch.float32)
     convert(small, small + "-f32", "f32")
-    off = Official(a.upstream, small, 256, torch.float32, dev)
+    off = Official(a.upstream, small, 256, torch.float32, dev, 4)
     _, _, seq, emb = off.run(PROMPTS, 7.5, 1)
     same = total = 0
     for i, p in enumerate(PROMPTS):
@@ -210,15 +216,15 @@ def main():
     convert(full, full + "-256", "bf16")
     folder_512(full + "-256", full + "-512")
     prompt = PROMPTS[3]
-    sizes = [256] if a.skip_512 else [256, 512]
-    for px in sizes:
-        off = Official(a.upstream, full, px, torch.bfloat16, dev)
+    for px in [int(x) for x in a.sizes.split(",")]:
+        off = Official(a.upstream, full, px, torch.bfloat16, dev, 36)
         for n in [int(x) for x in a.n.split(",")]:
-            off.run([prompt] * n, 7.5, 1000)                      # warm-up
-            o = [off.run([prompt] * n, 7.5, 1000)[:2] for _ in range(3)]
+            off.run([prompt] * n, 7.5, 1000, n_tokens=16)         # warm-up
+            o = [off.run([prompt] * n, 7.5, 1000)[:2] for _ in range(a.runs)]
             tessera(a.tessera, full + "-%d" % px, prompt, n, "cuda")   # warm-up
-            t = [tessera(a.tessera, full + "-%d" % px, prompt, n, "cuda")[:3] for _ in range(3)]
-            row = {"px": px, "n": n,
+            t = [tessera(a.tessera, full + "-%d" % px, prompt, n, "cuda")[:3]
+                 for _ in range(a.runs)]
+            row = {"px": px, "n": n, "runs": a.runs,
                    "tessera_text_s": statistics.median(x[0] for x in t),
                    "tessera_tokens_s": statistics.median(x[1] for x in t),
                    "tessera_decode_s": statistics.median(x[2] for x in t),
