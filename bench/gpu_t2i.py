@@ -17,8 +17,9 @@ language/t5.py calls it), side by side in one run. For the device machine:
    the median of --runs runs after a warm-up (the official one of 16 tokens); Tessera's
    from `tessera generate`'s own timers (model loading excluded).
 
-Weights: every model is built by its own code with random initialisation (upstream's GPT
-and VQ, transformers' T5), saved in the official layouts and converted by tools/convert.py
+Weights: random, in the official layouts (the GPT normal with std 0.02 under upstream's
+names, since upstream's own initialisation zeroes the output head; the VQ by upstream's
+code, the T5 by transformers'), saved and converted by tools/convert.py
 llamagen --t5, so both sides read the same numbers. The sentencepiece model is
 tests/fixtures/llamagen_t2i_tiny/spiece.model (T5's own is not available offline); the prompts are
 lower-case plain text, which upstream's caption cleaning leaves as is, so the official side
@@ -59,14 +60,17 @@ def log(msg):
 def make_checkpoints(up, d, t5_layers, gpt_layers, dtype):
     """Official-layout checkpoints in d: t2i.pt, vq.pt and the HF folder t5/."""
     from transformers import T5Config, T5EncoderModel
-    from autoregressive.models import gpt as ugpt
     from tokenizer.tokenizer_image.vq_model import VQ_models
     os.makedirs(d, exist_ok=True)
+    import make_random_checkpoints as rnd
     torch.manual_seed(0)
-    gpt = ugpt.Transformer(ugpt.ModelArgs(n_layer=gpt_layers, n_head=20, dim=1280,
-                                          block_size=256, cls_token_num=120,
-                                          model_type="t2i"))
-    torch.save({"model": gpt.state_dict()}, os.path.join(d, "t2i.pt"))
+    # Not upstream's initialisation: it zeroes the output head, so every logit would tie
+    # and a greedy draw would be a coin toss. Normal weights (std 0.02) in its layout.
+    cfg = {"model_type": "t2i", "dim": 1280, "n_layer": gpt_layers,
+           "ffn_dim": rnd.upstream_ffn_dim(1280), "vocab_size": 16384, "caption_dim": 2048,
+           "cls_token_num": 120}
+    gpt = rnd.random_gpt_state_dict(cfg, torch.Generator().manual_seed(0))
+    torch.save({"model": gpt}, os.path.join(d, "t2i.pt"))
     del gpt
     torch.save({"model": VQ_models["VQ-16"]().state_dict()}, os.path.join(d, "vq.pt"))
     cfg = T5Config(**dict(T5_XL, num_layers=t5_layers))
@@ -212,11 +216,14 @@ def main():
 
     # 2. Timing at the real shapes, bf16.
     full = os.path.join(a.work, "full")
+    if not a.sizes:
+        json.dump(res, open(os.path.join(out_dir, "t2i-results.json"), "w"), indent=2)
+        return
     make_checkpoints(a.upstream, full, t5_layers=24, gpt_layers=36, dtype=torch.bfloat16)
     convert(full, full + "-256", "bf16")
     folder_512(full + "-256", full + "-512")
     prompt = PROMPTS[3]
-    for px in [int(x) for x in a.sizes.split(",")]:
+    for px in [int(x) for x in a.sizes.split(",") if x]:
         off = Official(a.upstream, full, px, torch.bfloat16, dev, 36)
         for n in [int(x) for x in a.n.split(",")]:
             off.run([prompt] * n, 7.5, 1000, n_tokens=16)         # warm-up
