@@ -118,11 +118,16 @@ test-c: $(TEST_BIN) $(BUILD)/tessera
 # The CLI as a user drives it, the converter against official-layout checkpoints, and the
 # CLI end to end against the PyTorch reference (needs python3-torch: scripts/install-deps.sh);
 # the CLIP tokenizer's reference and fixtures (on the real vocabulary too when
-# TESSERA_CLIP_VOCAB names bpe_simple_vocab_16e6.txt.gz).
-test-python: $(BUILD)/tessera $(BUILD)/tests/test_clip_tokenizer
+# TESSERA_CLIP_VOCAB names bpe_simple_vocab_16e6.txt.gz); T5's converter, sentencepiece
+# tokenizer (against python3-sentencepiece) and caption cleaning (against its reference).
+test-python: $(BUILD)/tessera $(BUILD)/tests/test_clip_tokenizer $(BUILD)/tests/test_spm \
+             $(BUILD)/tests/test_t5_clean
 	$(PYTHON) tests/test_cli.py $(BUILD)/tessera
 	$(PYTHON) tests/reference/test_convert.py $(BUILD)/tessera
+	$(PYTHON) tests/reference/test_convert_t5.py
 	$(PYTHON) tests/reference/test_clip_tokenizer.py $(BUILD)/tests/test_clip_tokenizer
+	$(PYTHON) tests/reference/test_spm.py $(BUILD)/tests/test_spm
+	$(PYTHON) tests/reference/test_t5_clean.py $(BUILD)/tests/test_t5_clean
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
 	$(PYTHON) tests/test_default_model.py $(BUILD)/tessera
 

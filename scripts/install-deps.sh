@@ -13,6 +13,8 @@ packages=(
     check libsubunit-dev            # unit tests
     python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
     python3-regex                   # CLIP tokenizer reference (\p{L} classes)
+    python3-sentencepiece           # T5 tokenizer reference (tests/reference/test_spm.py)
+    python3-bs4                     # caption-cleaning reference (tests/reference/t5_clean_ref.py)
     python3-torchvision             # ImageNet class names for converted models
     python3-pil                     # images in tools/ and the default model's tests
     fonts-noto-color-emoji unicode-data   # the default model's dataset (tools/make_emoji_dataset.py)

@@ -395,13 +395,15 @@ static int charsmap_load(ts_spm *m, str_ref blob, ts_error *err)
                 continue;   /* shared suffixes: Darts-clone builds from a DAWG */
             seen[pos] = 1;
             size_t child = pos ^ unit_offset(m->units[pos]);
-            if (unit_has_leaf(m->units[pos])) {
-                uint32_t v = child < n ? unit_value(m->units[child]) : UINT32_MAX;
-                if (child >= n || v >= m->pool_len) {
-                    rc = ts_fail(err, TS_ERR_FORMAT, "model: precompiled_charsmap: trie unit "
-                                 "%zu's value lies outside the %zu-byte pool", pos, m->pool_len);
-                    break;
-                }
+            if (unit_has_leaf(m->units[pos]) && child >= n) {
+                rc = ts_fail(err, TS_ERR_FORMAT, "model: precompiled_charsmap: trie unit %zu's "
+                             "leaf lies outside the %zu-unit trie", pos, n);
+                break;
+            }
+            if (unit_has_leaf(m->units[pos]) && unit_value(m->units[child]) >= m->pool_len) {
+                rc = ts_fail(err, TS_ERR_FORMAT, "model: precompiled_charsmap: trie unit %zu's "
+                             "value lies outside the %zu-byte pool", pos, m->pool_len);
+                break;
             }
             stack[top++] = child;   /* at most one push per unit: top <= n + 1 */
         }
@@ -642,6 +644,9 @@ static int build_index(ts_spm *m, const spec *s, ts_error *err)
                 }
             }
     }
+    if (rc == TS_OK && m->n_vocab == 0)
+        rc = ts_fail(err, TS_ERR_FORMAT, "model: no NORMAL, USER_DEFINED or UNUSED piece "
+                     "(the library refuses a model with nothing to match text)");
     free(tmp);
     return rc;
 }

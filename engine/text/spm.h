@@ -27,12 +27,18 @@
  *
  * Only UNIGRAM models load (BPE, WORD and CHAR models are refused). The loader refuses
  * what the library refuses (an empty or twice-defined piece, no or two UNKNOWN pieces,
- * BYTE pieces without byte_fallback, byte_fallback without all 256 of them) and, where
- * the library would read out of bounds or accept garbage, more: a malformed protobuf,
- * an unknown piece type or model type, a non-finite score, a charsmap whose trie leads
- * outside itself or whose replacement strings are not NUL-terminated. Every refusal is
- * TS_ERR_FORMAT (TS_ERR_UNSUPPORTED for another model type) naming the problem; the
- * loader is meant to be fed hostile bytes.
+ * no piece that can match text, BYTE pieces without byte_fallback or not spelled
+ * <0xXX>, byte_fallback without all 256 of them) and, where the library would read out
+ * of bounds or silently accept garbage, more: a malformed protobuf (truncated, overlong
+ * varints, groups, a known field with the wrong wire type: the library would skip it),
+ * an unknown piece type or model_type (the library would take NORMAL / UNIGRAM), a
+ * non-finite score, a charsmap whose trie leads outside itself or whose replacement
+ * strings are not NUL-terminated. Unknown fields are skipped. Every refusal is
+ * TS_ERR_FORMAT (TS_ERR_UNSUPPORTED for another model type) with a message naming the
+ * problem and, for the wire format, the byte offset; the loader is meant to be fed
+ * hostile bytes. Charsmap keys longer than 256 bytes are not matched (the library has
+ * no bound; nmt_nfkc's longest key is 10 bytes), so that a hostile trie cannot make
+ * normalization quadratic.
  *
  * A loaded model is immutable: any number of threads may encode with it at once. Each
  * encode allocates its own working memory, linear in the input, and frees it. No

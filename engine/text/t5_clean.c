@@ -480,7 +480,7 @@ static int step_urls(const ts_cpbuf *in, ts_cpbuf *out, int www)
 #define NO_POS ((size_t)-1)       /* html.parser's -1: not terminated */
 #define NONE32 0xFFFFFFFFu        /* "none" in the precomputed arrays */
 
-enum { STR_DATA, STR_CDATA, STR_OTHER };   /* NavigableString; CData; comments & co */
+enum { STR_DATA, STR_CDATA };   /* NavigableString, CData (comments & co are dropped) */
 
 enum {
     NAME_PRESERVE = 1,    /* pre, textarea: whitespace-only strings stay as they are */
@@ -525,19 +525,19 @@ typedef struct {
     uint32_t closed_void[sizeof k_void_tags / sizeof k_void_tags[0]];
     int cdata;             /* NAME_SCRIPT / NAME_STYLE while in raw text, else 0 */
     size_t last_semi;      /* the last ';' in the text, NO_POS when none */
-    /* Precomputed, each n + 1 entries (index n: the end of the text):
-     *   ws_end[p]    end of the run of \s from p
-     *   tname_end[p] end of the run of [^\t\n\r\f />\x00] (a tag name's tail)
-     *   aname_end[p] end of the run of [^\s/=>] (an attribute name's tail)
-     *   eq_end[p]    end of the run of '='
-     *   bare_end[p]  end of the run of [^>\s] (an unquoted value)
-     *   g_end[p]     end of the run of [\s/]
-     *   t_end[p]     end of the run of (?:\s|/(?!>))
-     *   next_sq, next_dq, next_gt, next_lt: the next ' " > < at or after p
-     *   next_cc[p]   the next start of a "--\s*>" (comment close)
-     *   next_ms[p]   the next start of a "]\s*]\s*>"; next_ms2[p] of a "]\s*>"
-     *   chain[p]     memo: where the attribute chain starting at p ends
-     *   path         scratch for chain_end */
+    /* Precomputed, each n + 1 entries (index n: the end of the text); for p:
+     *   A_WS     end of the run of \s from p
+     *   A_TNAME  end of the run of [^\t\n\r\f />\x00] (a tag name's tail)
+     *   A_ANAME  end of the run of [^\s/=>] (an attribute name's tail)
+     *   A_EQ     end of the run of '='
+     *   A_BARE   end of the run of [^>\s] (an unquoted value)
+     *   A_G      end of the run of [\s/]
+     *   A_T      end of the run of (?:\s|/(?!>))
+     *   A_SQ, A_DQ, A_GT, A_LT: the next ' " > < at or after p (NONE32: none)
+     *   A_CC     the next start of a "--\s*>" (comment close)
+     *   A_MS     the next start of a "]\s*]\s*>"; A_MS2 of a "]\s*>"
+     *   A_CHAIN  memo: where the attribute chain starting at p ends (NONE32: unknown)
+     *   A_PATH   scratch for chain_end */
     uint32_t *arr[N_ARRAYS];
 } html;
 
@@ -1321,8 +1321,10 @@ static void html_run(html *h)
     end_data(h, STR_DATA);   /* BeautifulSoup._feed's last endData */
 }
 
-static int step_html(const ts_cpbuf *in, ts_cpbuf *out)
+int ts_t5_html_text(const ts_cpbuf *in, ts_cpbuf *out)
 {
+    if (in->n >= NONE32 - 1)   /* positions must fit the uint32_t arrays */
+        return -1;
     html h;
     memset(&h, 0, sizeof h);
     h.s = in->v;
@@ -1915,11 +1917,6 @@ static int step_ends(ts_cpbuf *t)
 
 /* ---- the pipeline -------------------------------------------------------------------- */
 
-static int is_any_space(uint32_t c)
-{
-    return is_space(c);
-}
-
 /* Runs each step from *a into *b and swaps, so the text is always in *a. */
 #define STEP(call)               \
     do {                         \
@@ -1936,7 +1933,7 @@ static int clean_caption(ts_cpbuf *a, ts_cpbuf *b)
     STEP(sub(a, b, m_person, "person"));
     STEP(step_urls(a, b, 0));
     STEP(step_urls(a, b, 1));
-    STEP(step_html(a, b));
+    STEP(ts_t5_html_text(a, b));
     STEP(sub(a, b, m_nickname, ""));
     STEP(step_drop_cjk(a, b));
     STEP(sub_runs(a, b, is_dash, 1, "-"));
@@ -1969,7 +1966,7 @@ static int clean_caption(ts_cpbuf *a, ts_cpbuf *b)
     STEP(sub(a, b, m_dimension, ""));
     STEP(sub(a, b, m_colon, ": "));
     STEP(step_punct_space(a, b));
-    STEP(sub_runs(a, b, is_any_space, 1, " "));
+    STEP(sub_runs(a, b, is_space, 1, " "));
     return step_ends(a);
 }
 

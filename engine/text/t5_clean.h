@@ -37,7 +37,11 @@
  * Each pattern is a hand-written matcher that reproduces re.sub's leftmost,
  * non-overlapping scan and the backtracking order of its pattern exactly; each runs in
  * time linear in the text (a few matchers precompute run ends to stay linear), and
- * nothing recurses.
+ * nothing recurses. The one superlinear part is ftfy's own: ts_ftfy_fix_subset repeats
+ * its fixes until nothing changes, and a chain of nested references peels one level per
+ * pass, so "＆" + "amp;" x N costs N passes over the line (0.8 s at 32 KB, 8 s at 100 KB;
+ * real ftfy does the same). In this pipeline such a chain needs U+FF06 (FULLWIDTH
+ * AMPERSAND): every ASCII '&' and '#' is gone by step 9.
  *
  * HTML: BeautifulSoup 4.11 with Python 3.11's html.parser is reproduced event by event:
  * start tags with html.parser's tolerant attribute grammar (quoted values may hold '>'),
@@ -56,10 +60,12 @@
  * Where upstream raises instead of returning text, this returns text:
  *   - "<![" followed by a name that is not a marked-section keyword (temp, cdata, ignore,
  *     include, rcdata, if, else, endif) or by no name ("<![x y", "<![ "): html.parser
- *     raises AssertionError; here the construct is a bogus comment up to the next '>',
- *     as the HTML5 spec (and CPython 3.14's parser) treat it;
- *   - a decimal reference "&#N;" with more than 4300 digits: int() raises ValueError;
- *     here it is U+FFFD (as ts_html_unescape does for the same case).
+ *     raises AssertionError; here the construct is a bogus comment up to the next '>'
+ *     (what the HTML5 tokenizer makes of it);
+ *   - a decimal reference "&#N;" with more than 4300 digits: int() raises ValueError,
+ *     in bs4's handle_charref and in basic_clean's html.unescape (which such a
+ *     reference reaches as full-width "＆＃" and digits followed by a letter); here it
+ *     is U+FFFD (as ts_html_unescape does).
  * A numeric reference to a surrogate (&#xd800;) gives a lone surrogate in Python and
  * here; step 9 removes it (below), so none reaches the output.
  *
@@ -70,8 +76,15 @@
  *
  * Character classes come from the Python 3.11 / Unicode 14 tables of unicode_tables.h
  * (\w = str.isalnum() or '_', \s = str.isspace(), lower = str.lower()) plus a table of
- * the 650 Unicode decimal digits (\d) in t5_clean.c; all three agree with Python's `re`
+ * the 660 Unicode decimal digits (\d) in t5_clean.c; all three agree with Python's `re`
  * on every code point (tests/reference/test_t5_clean.py checks).
+ *
+ * Other differences from upstream: upstream runs on whatever Python, Unicode tables, bs4
+ * and ftfy it is installed with; html.parser's tolerance rules changed in later CPython
+ * security releases (comments, raw text, "<![") and bs4's string handling in 4.13, so on
+ * markup an upstream installed elsewhere may give other text than this (and than
+ * tests/reference/t5_clean_ref.py, which this matches on Python 3.11.2 + bs4 4.11.2).
+ * Plain prompts are not affected.
  *
  * All functions are pure (no global state) and thread-safe.
  */
@@ -83,8 +96,8 @@
 #include "engine/error.h"
 #include "engine/text/unicode.h"
 
-/* Bytes of UTF-8 one ts_t5_clean accepts. Working memory is about 70 bytes per code
- * point while the HTML step runs on a text that contains '<'. */
+/* Bytes of UTF-8 one ts_t5_clean accepts. Working memory is about 80 bytes per code
+ * point while the HTML step runs on a text that contains '<' (else about 16). */
 #define TS_T5_CLEAN_MAX_INPUT (256u << 10)
 
 /* The whole text_preprocessing (two rounds of clean_caption) of len bytes of UTF-8
@@ -98,6 +111,10 @@ int ts_t5_clean(const char *utf8, size_t len, char **out, size_t *out_len, ts_er
  * a mask of TS_T5_RE_DIGIT (\d), TS_T5_RE_WORD (\w), TS_T5_RE_SPACE (\s). */
 enum { TS_T5_RE_DIGIT = 1, TS_T5_RE_WORD = 2, TS_T5_RE_SPACE = 4 };
 int ts_t5_re_class(uint32_t cp);
+
+/* Step 5 alone, BeautifulSoup(text, "html.parser").text as described above, for tests.
+ * in must be lower-cased (as the pipeline's is); out must not alias in. 0 or -1. */
+int ts_t5_html_text(const ts_cpbuf *in, ts_cpbuf *out);
 
 /* One round of clean_caption on code points; out must not alias in. Returns 0, or -1
  * when out of memory or when in holds more than 2^31 code points. */
