@@ -908,10 +908,13 @@ START_TEST(test_activation)
                 poison(gb, out.g, n);
                 ts_be_activation(cpu_be, out.c, x.c, n, acts[ai]);
                 ts_be_activation(gb, out.g, x.g, n, acts[ai]);
-                expect_close("activation", &out, 0, n, 1e-5);
+                /* GELU-tanh: 1 + tanh(u) cancels for negative u, so tanhf's last-bit
+                 * differences between CUDA and glibc grow to ~3e-5 (seen on an H100). */
+                double tol = acts[ai] == TS_ACT_GELU_TANH ? 1e-4 : 1e-5;
+                expect_close("activation", &out, 0, n, tol);
                 ts_be_activation(cpu_be, x.c, x.c, n, acts[ai]);
                 ts_be_activation(gb, x.g, x.g, n, acts[ai]);
-                expect_close("activation in place", &x, 0, n, 1e-5);
+                expect_close("activation in place", &x, 0, n, tol);
                 twin_free(&x);
                 twin_free(&out);
             }
