@@ -202,13 +202,21 @@ def test_refuses_wrong_shape():
                                       torch.zeros(64, 100)), "layers.1.feed_forward.w2.weight")
 
 
-def test_refuses_t2i():
+def test_t2i_needs_t5_and_a_whole_caption_embedder():
+    """A t2i GPT converts only with its text encoder (--t5; the conversion itself is
+    tests/reference/make_t2i_fixtures.py's, checked by test_t2i); without it, or with half
+    of the caption embedder, it is refused by name."""
     def to_t2i(sd):
         sd.pop("cls_embedding.embedding_table.weight")
         sd["cls_embedding.cap_proj.fc1.weight"] = torch.zeros(64, 2048)
         sd["cls_embedding.cap_proj.fc2.weight"] = torch.zeros(64, 64)
         sd["cls_embedding.uncond_embedding"] = torch.zeros(120, 2048)
-    refused(to_t2i, "t2i not supported yet")
+    refused(to_t2i, "pass --t5")
+
+    def half(sd):
+        to_t2i(sd)
+        sd.pop("cls_embedding.cap_proj.fc2.weight")
+    refused(half, "cls_embedding.cap_proj.fc2.weight")
 
 
 def test_refuses_unknown_vq_key():
