@@ -87,6 +87,24 @@ static inline int ts_ck_write_file(const char *path, const void *data, size_t le
     return wrote == len && closed == 0 ? 0 : -1;
 }
 
+/* The whole of a file, malloc'ed and NUL-terminated (the NUL is not counted in *len);
+ * fails the test when it cannot be read. */
+static inline char *ts_ck_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    ck_assert(buf != NULL);
+    ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    buf[n] = '\0';
+    *len = (size_t)n;
+    return buf;
+}
+
 /* The data of a fixture's expected tensor name, checked to hold n values of dtype t. */
 static inline const void *ts_ck_expect(const ts_st_file *f, const char *name, ts_dtype t,
                                        size_t n)

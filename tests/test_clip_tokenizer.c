@@ -20,22 +20,6 @@ static const char *golden_dir(void)
     return d && *d ? d : "tests/fixtures/clip_bpe";
 }
 
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert(buf != NULL);
-    ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 static ts_clip_tok *load_ok(const char *path, ts_clip_specials sp)
 {
     ts_clip_tok *t = NULL;
@@ -82,7 +66,7 @@ START_TEST(test_golden)
                             load_ok(path, TS_CLIP_SPECIALS_OPEN_CLIP)};
     snprintf(path, sizeof path, "%s/golden.tsv", golden_dir());
     size_t len;
-    char *text = read_all(path, &len);
+    char *text = ts_ck_read_file(path, &len);
     int rows = 0, line_no = 0;
     for (char *line = text, *next; line && *line; line = next) {
         next = strchr(line, '\n');

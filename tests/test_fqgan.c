@@ -438,15 +438,9 @@ END_TEST
 
 static void copy_file(const char *src, const char *dst)
 {
-    FILE *in = fopen(src, "rb");
-    ck_assert_msg(in != NULL, "cannot read %s", src);
-    fseek(in, 0, SEEK_END);
-    long n = ftell(in);
-    fseek(in, 0, SEEK_SET);
-    char *buf = malloc((size_t)n);
-    ck_assert_int_eq(fread(buf, 1, (size_t)n, in), (size_t)n);
-    fclose(in);
-    ck_assert_int_eq(ts_ck_write_file(dst, buf, (size_t)n), 0);
+    size_t n;
+    char *buf = ts_ck_read_file(src, &n);
+    ck_assert_int_eq(ts_ck_write_file(dst, buf, n), 0);
     free(buf);
 }
 

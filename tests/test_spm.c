@@ -35,22 +35,6 @@ static const char *const k_models[] = {"spiece.model", "bytes.model", "suffix.mo
 
 static char g_tmpdir[512];
 
-static uint8_t *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)n + 1);
-    ck_assert(buf != NULL);
-    ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 static int hexval(int c)
 {
     if (c >= '0' && c <= '9')
@@ -295,7 +279,7 @@ START_TEST(test_golden)
     for (int i = 0; i < N_MODELS; i++)
         models[i] = load_fixture(k_models[i]);
     size_t len;
-    char *text = (char *)read_all(FIXTURES "/golden.tsv", &len);
+    char *text = ts_ck_read_file(FIXTURES "/golden.tsv", &len);
     int rows = 0, line_no = 0, per_model[N_MODELS] = {0};
     for (char *line = text, *next; line && *line; line = next) {
         next = strchr(line, '\n');
@@ -892,7 +876,7 @@ START_TEST(test_truncations)
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", FIXTURES, name);
     size_t n;
-    uint8_t *full = read_all(path, &n);
+    uint8_t *full = (uint8_t *)ts_ck_read_file(path, &n);
     uint8_t *ends = field_ends(full, n);
     int loaded = 0, refused = 0;
     for (size_t cut = n + 1; cut-- > 0;) {
@@ -932,7 +916,7 @@ START_TEST(test_byte_flips)
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", FIXTURES, name);
     size_t n;
-    uint8_t *full = read_all(path, &n);
+    uint8_t *full = (uint8_t *)ts_ck_read_file(path, &n);
     int trials = n > 100000 ? 120 : 1500, loaded = 0, refused = 0;
     uint64_t s = 0x9e3779b97f4a7c15ULL ^ (uint64_t)_i;
     uint8_t *copy = malloc(n);

@@ -277,20 +277,14 @@ START_TEST(test_refusals)
     for (int i = 0; i < 5; i++) {
         snprintf(src, sizeof src, DIR "/%s", files[i]);
         snprintf(dst, sizeof dst, "%s/%s", d, files[i]);
-        FILE *in = fopen(src, "rb");
-        ck_assert_ptr_nonnull(in);
-        fseek(in, 0, SEEK_END);
-        long n = ftell(in);
-        fseek(in, 0, SEEK_SET);
-        char *buf = malloc((size_t)n);
-        ck_assert_int_eq(fread(buf, 1, (size_t)n, in), (size_t)n);
-        fclose(in);
+        size_t n;
+        char *buf = ts_ck_read_file(src, &n);
         if (!strcmp(files[i], "gpt.safetensors")) {
-            char *at = memmem(buf, (size_t)n, "uncond_embedding", 16);
+            char *at = memmem(buf, n, "uncond_embedding", 16);
             ck_assert_ptr_nonnull(at);
             memcpy(at, "uncond_embeddinG", 16);
         }
-        ck_assert_int_eq(ts_ck_write_file(dst, buf, (size_t)n), 0);
+        ck_assert_int_eq(ts_ck_write_file(dst, buf, n), 0);
         free(buf);
     }
     ts_backend *be = ts_backend_cpu_create(1, &err);

@@ -55,28 +55,12 @@ static void expect_clean(const char *prompt, const char *want)
     free(got);
 }
 
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert(buf != NULL);
-    ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 /* ---- goldens --------------------------------------------------------------------- */
 
 START_TEST(test_golden)
 {
     size_t len;
-    char *text = read_all("tests/fixtures/t5_clean/golden.tsv", &len);
+    char *text = ts_ck_read_file("tests/fixtures/t5_clean/golden.tsv", &len);
     int rows = 0, line_no = 0;
     for (char *line = text, *next; line && *line; line = next) {
         next = strchr(line, '\n');
