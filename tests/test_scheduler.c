@@ -123,19 +123,26 @@ typedef struct rig {
     sink k;
 } rig;
 
-static void rig_open(rig *r, int max_batch, int kv_blocks, int previews)
+/* A scheduler over the LlamaGen folder dir alone. */
+static void rig_open_dir(rig *r, const char *dir, int max_batch, int kv_blocks, int previews,
+                         int prefill_tokens)
 {
     ts_error err = {0};
     memset(r, 0, sizeof *r);
     r->be = ts_backend_cpu_create(2, &err);
     ck_assert_ptr_nonnull(r->be);
-    ts_ck_ok(ts_model_load(r->be, FIXTURE, &r->m, &err), err);
+    ts_ck_ok(ts_model_load(r->be, dir, &r->m, &err), err);
     const llamagen_config *c = &r->m->gpt->cfg;
     ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, kv_blocks,
                                 &r->kv, &err), err);
-    ts_sched_config sc = {max_batch, 2, previews, 256};
+    ts_sched_config sc = {max_batch, 2, previews, prefill_tokens};
     ts_sched_models mods = {r->m, r->kv, NULL, NULL, NULL};
     ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
+}
+
+static void rig_open(rig *r, int max_batch, int kv_blocks, int previews)
+{
+    rig_open_dir(r, FIXTURE, max_batch, kv_blocks, previews, 256);
 }
 
 static void rig_close(rig *r)
@@ -1029,18 +1036,8 @@ static const char *const T2I_PROMPTS[] = {
 
 static void rig_open_t2i(rig *r, int max_batch, int kv_blocks, int prefill_tokens)
 {
-    ts_error err = {0};
-    memset(r, 0, sizeof *r);
-    r->be = ts_backend_cpu_create(2, &err);
-    ck_assert_ptr_nonnull(r->be);
-    ts_ck_ok(ts_model_load(r->be, T2I_DIR, &r->m, &err), err);
+    rig_open_dir(r, T2I_DIR, max_batch, kv_blocks, 0, prefill_tokens);
     ck_assert(ts_model_is_t2i(r->m));
-    const llamagen_config *c = &r->m->gpt->cfg;
-    ts_ck_ok(ts_kv_cache_create(r->be, c->n_layer, c->n_kv_head, c->head_dim, 16, kv_blocks,
-                                &r->kv, &err), err);
-    ts_sched_config sc = {max_batch, 2, 0, prefill_tokens};
-    ts_sched_models mods = {r->m, r->kv, NULL, NULL, NULL};
-    ts_ck_ok(ts_sched_create(&mods, &sc, collect, &r->k, &r->s, &err), err);
 }
 
 static ts_job_spec t2i_spec(int n, const char *prompt, uint64_t seed, float cfg, float interval)
