@@ -175,43 +175,34 @@ def open_stream(port, path, body):
     return c, r
 
 
-def cli_png(model, cls, seed, n=1, **kw):
-    """PNG bytes of the CLI for the same request (image i of n)."""
-    out = os.path.join(WORK, "cli-%d-%d-%d.png" % (cls, seed, len(os.listdir(WORK))))
-    args = [BIN, "generate", "--model", model, "--class", str(cls), "--seed", str(seed),
-            "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
+def cli_run(model, cond, seed, n=1, env=None, **kw):
+    """PNG bytes of the CLI for the same request (image i of n); cond is ["--class", C] or
+    ["--prompt", P]."""
+    out = os.path.join(WORK, "cli-%d-%d.png" % (seed, len(os.listdir(WORK))))
+    args = [BIN, "generate", "--model", model] + cond + ["--seed", str(seed), "--n", str(n),
+                                                         "--out", out, "--quiet",
+                                                         "--threads", "2"] + DEVICE_ARGS
     for k, v in kw.items():
         args += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(args, check=True)
+    subprocess.run(args, check=True, env=dict(os.environ, **(env or {})))
     if n == 1:
         return [open(out, "rb").read()]
     return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
+
+
+def cli_png(model, cls, seed, n=1, **kw):
+    """A class-conditional request (LlamaGen c2i, FQGAN)."""
+    return cli_run(model, ["--class", str(cls)], seed, n, **kw)
 
 
 def cli_masked_png(prompt, seed, n=1, **kw):
-    """PNG bytes of the CLI for a MaskGen request (image i of n)."""
-    out = os.path.join(WORK, "cli-mg-%d-%d.png" % (seed, len(os.listdir(WORK))))
-    args = [BIN, "generate", "--model", MASKGEN, "--prompt", prompt, "--seed", str(seed),
-            "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
-    for k, v in kw.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(args, check=True)
-    if n == 1:
-        return [open(out, "rb").read()]
-    return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
+    """A MaskGen request."""
+    return cli_run(MASKGEN, ["--prompt", prompt], seed, n, **kw)
 
 
 def cli_t2i_png(prompt, seed, n=1, **kw):
-    """PNG bytes of the CLI for a LlamaGen text-to-image request (image i of n)."""
-    out = os.path.join(WORK, "cli-t2i-%d-%d.png" % (seed, len(os.listdir(WORK))))
-    args = [BIN, "generate", "--model", T2I, "--prompt", prompt, "--seed", str(seed),
-            "--n", str(n), "--out", out, "--quiet", "--threads", "2"] + DEVICE_ARGS
-    for k, v in kw.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(args, check=True, env=dict(os.environ, **T2I_ENV))
-    if n == 1:
-        return [open(out, "rb").read()]
-    return [open(out.replace(".png", "-%d.png" % i), "rb").read() for i in range(n)]
+    """A LlamaGen text-to-image request."""
+    return cli_run(T2I, ["--prompt", prompt], seed, n, env=T2I_ENV, **kw)
 
 
 def png_size(png):
