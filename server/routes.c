@@ -105,6 +105,16 @@ static enum MHD_Result get_health(conn *c)
                                                    models_brief(s))));
 }
 
+/* Liveness: the event loop answers, whatever the models are doing. Unlike /health it stays
+ * 200 while loading and draining, so a supervisor that restarts on failed liveness checks
+ * does not kill a replica that is still loading or finishing its accepted requests. */
+static enum MHD_Result get_live(conn *c)
+{
+    server *s = c->srv;
+    const char *state = s->draining ? "draining" : ready(s) ? "ready" : "loading";
+    return send_json(c, 200, ts_api_dump(json_pack("{s:s, s:s}", "status", "alive", "state", state)));
+}
+
 static enum MHD_Result get_metrics(conn *c)
 {
     char *text = metrics_render(c->srv);
@@ -378,6 +388,7 @@ static enum MHD_Result dispatch(conn *c, const char *url, const char *method)
     int post = strcmp(method, "POST") == 0;
     int del = strcmp(method, "DELETE") == 0;
     if (strcmp(url, "/health") == 0) return get ? get_health(c) : method_not_allowed(c, "GET");
+    if (strcmp(url, "/health/live") == 0) return get ? get_live(c) : method_not_allowed(c, "GET");
     if (strcmp(url, "/metrics") == 0) return get ? get_metrics(c) : method_not_allowed(c, "GET");
     int gen = strcmp(url, "/generate") == 0, openai = strcmp(url, "/v1/images/generations") == 0;
     int jobs = strcmp(url, "/v1/jobs") == 0, job = strncmp(url, "/v1/jobs/", 9) == 0;

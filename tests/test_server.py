@@ -239,6 +239,8 @@ def test_health_models_classes_page(srv):
     status, _, body = srv.json("GET", "/health")
     assert status == 200 and body["status"] == "ok", body
     assert [m["family"] for m in body["models"]] == ["llamagen"], body
+    assert srv.json("GET", "/health/live")[::2] == (200, {"status": "alive", "state": "ready"})
+    assert error_of(srv.json("POST", "/health/live"))[:2] == (405, "method_not_allowed")
     status, _, body = srv.json("GET", "/v1/models")
     assert status == 200 and body["object"] == "list"
     m = body["data"][0]
@@ -585,6 +587,8 @@ def test_loading_then_ready():
                 time.sleep(0.02)
         assert error_of(res)[:2] == (503, "loading"), res
         assert error_of(srv.json("POST", "/generate", {"class": 1}))[:2] == (503, "loading")
+        # Liveness is not readiness: a loading replica is alive.
+        assert srv.json("GET", "/health/live")[::2] == (200, {"status": "alive", "state": "loading"})
         assert srv.metrics()["tessera_ready"] == 0
         srv.wait_ready()
         assert srv.request("POST", "/generate", {"class": 1})[0] == 200
@@ -620,6 +624,7 @@ def test_sigterm_drains():
     time.sleep(0.2)
     assert error_of(srv.json("GET", "/health"))[:2] == (503, "draining")
     assert error_of(srv.json("POST", "/generate", {"class": 1}))[:2] == (503, "draining")
+    assert srv.json("GET", "/health/live")[::2] == (200, {"status": "alive", "state": "draining"})
     for t in threads:
         t.join()
     assert sorted(r[0] for r in results) == [200, 200, 200], [r[:2] for r in results]
