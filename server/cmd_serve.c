@@ -58,7 +58,11 @@ static void usage(FILE *f)
         "                       the CPU with a notice)\n"
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
         "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
-        "  --max-connections N  concurrent HTTP connections (default 1024)\n"
+        "  --max-connections N  concurrent HTTP connections; more wait unaccepted in the\n"
+        "                       listen backlog until one closes (default 1024)\n"
+        "  --idle-timeout SECONDS  close a connection that sends nothing for this long,\n"
+        "                       e.g. a client stalled inside its headers or body (default\n"
+        "                       120; requests waiting for their images are not affected)\n"
         "  --prefill-tokens N   LlamaGen text-to-image: prompt positions fed per step, over\n"
         "                       every request still reading its prompt (default 256)\n");
 }
@@ -258,9 +262,9 @@ int cmd_serve(int argc, char **argv)
     serve_options o = {.host = "127.0.0.1", .port = 8080, .max_batch = 16, .queue_limit = 64,
                        .preview_every = 32, .masked_preview_every = 1, .device = "auto",
                        .job_ttl = 600, .sse_ping = 15, .max_connections = 1024,
-                       .prefill_tokens = 256};
+                       .idle_timeout = 120, .prefill_tokens = 256};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
-           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL };
+           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL, O_IDLE };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
@@ -273,6 +277,7 @@ int cmd_serve(int argc, char **argv)
         {"sse-ping", required_argument, 0, O_PING},
         {"max-connections", required_argument, 0, O_CONNS}, {"help", no_argument, 0, O_HELP},
         {"prefill-tokens", required_argument, 0, O_PREFILL},
+        {"idle-timeout", required_argument, 0, O_IDLE},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -313,6 +318,7 @@ int cmd_serve(int argc, char **argv)
             break;
         }
         case O_CONNS: if (ts_parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
+        case O_IDLE: if (ts_parse_long(optarg, 1, 86400, &v)) bad = "--idle-timeout"; else o.idle_timeout = (int)v; break;
         case O_HELP: usage(stdout); return 0;
         default:
             fprintf(stderr, "tessera serve: unknown or incomplete option '%s'\n\n", argv[optind - 1]);

@@ -85,7 +85,9 @@ int http_start(server *s, ts_error *err)
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)s->opt.max_connections,
         /* Request line + headers must fit here: oversized headers get 431 from MHD. */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)120,
+        /* Idle clients (slow headers or bodies included) lose their connection; requests
+         * waiting for the engine are suspended and never time out. */
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->opt.idle_timeout,
         MHD_OPTION_END);
     if (!s->mhd)
         return ts_fail(err, TS_ERR_IO, "cannot listen on %s port %d: %s", s->opt.host, s->opt.port,

@@ -34,6 +34,7 @@ typedef struct serve_options {
     int job_ttl;            /* seconds a finished async job is kept */
     double sse_ping;        /* seconds between keep-alive comments */
     int max_connections;
+    int idle_timeout;       /* seconds a connection may send nothing before it is closed */
     int prefill_tokens;     /* LlamaGen t2i: text positions prefilled per step */
 } serve_options;
 

@@ -396,6 +396,61 @@ def test_errors(srv):
     assert m['tessera_http_responses_total{code="422"}'] >= 17
 
 
+def test_connection_limit_and_idle_timeout():
+    """Connections beyond --max-connections wait unaccepted until one closes; --idle-timeout
+    closes a client that stalls inside its request, but never a request waiting for its
+    images (those connections are suspended)."""
+    # 256 steps of 10 ms: a request that waits for longer than the idle timeout.
+    srv = Server(SLOW, "--max-connections", "3", "--idle-timeout", "1",
+                 env={"TESSERA_TEST_STEP_DELAY_MS": "10"})
+    try:
+        waiting = []
+        t = threading.Thread(target=lambda: waiting.append(
+            srv.request("POST", "/generate", {"class": 1, "seed": 3})))
+        t.start()
+        end = time.time() + 30
+        while srv.metrics()["tessera_running_groups"] < 1:
+            assert time.time() < end
+            time.sleep(0.01)
+        # Two stalled clients: one sent half its headers, one half its body.
+        stalled = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
+        stalled[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        stalled[1].sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"cla")
+        time.sleep(0.3)
+        # The limit is reached (the waiting request holds the third connection): a fourth
+        # connection waits in the listen backlog, unanswered, until a slot frees.
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        extra.settimeout(0.4)
+        try:
+            early = extra.recv(100)
+        except socket.timeout:
+            early = None
+        assert early is None, early
+        # Within a few idle timeouts both stalled clients are dropped, without an answer
+        # that would look like a response to a request never completed...
+        for s in stalled:
+            s.settimeout(10)
+            t0 = time.time()
+            try:
+                rest = s.recv(1000)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b"" or rest.startswith(b"HTTP/1.1 4"), rest
+            assert time.time() - t0 < 5
+            s.close()
+        # ... and the fourth connection is served.
+        extra.settimeout(10)
+        assert extra.recv(100).startswith(b"HTTP/1.1 200"), "the queued connection got no answer"
+        extra.close()
+        assert srv.request("GET", "/health")[0] == 200    # room again
+        t.join()
+        status, _, body = waiting[0]
+        assert status == 200, (status, body[:200])
+    finally:
+        srv.stop()
+
+
 def test_openai_images_api(srv):
     status, _, body = srv.json("POST", "/v1/images/generations",
                                {"prompt": "tench", "n": 2, "size": "16x16", "seed": 3,
