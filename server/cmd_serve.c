@@ -57,6 +57,9 @@ static void usage(FILE *f)
         "                       CUDA and one is usable; cuda without a GPU falls back to\n"
         "                       the CPU with a notice)\n"
         "  --job-ttl SECONDS    keep finished /v1/jobs results this long (default 600)\n"
+        "  --max-jobs N         /v1/jobs held at once, finished ones included; beyond it\n"
+        "                       new jobs get 429 until results are deleted or expire\n"
+        "                       (default 1000)\n"
         "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
         "  --max-connections N  concurrent HTTP connections; more wait unaccepted in the\n"
         "                       listen backlog until one closes (default 1024)\n"
@@ -261,10 +264,10 @@ int cmd_serve(int argc, char **argv)
 {
     serve_options o = {.host = "127.0.0.1", .port = 8080, .max_batch = 16, .queue_limit = 64,
                        .preview_every = 32, .masked_preview_every = 1, .device = "auto",
-                       .job_ttl = 600, .sse_ping = 15, .max_connections = 1024,
+                       .job_ttl = 600, .max_jobs = 1000, .sse_ping = 15, .max_connections = 1024,
                        .idle_timeout = 120, .prefill_tokens = 256};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
-           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL, O_IDLE };
+           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL, O_IDLE, O_MAXJOBS };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
@@ -278,6 +281,7 @@ int cmd_serve(int argc, char **argv)
         {"max-connections", required_argument, 0, O_CONNS}, {"help", no_argument, 0, O_HELP},
         {"prefill-tokens", required_argument, 0, O_PREFILL},
         {"idle-timeout", required_argument, 0, O_IDLE},
+        {"max-jobs", required_argument, 0, O_MAXJOBS},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -318,6 +322,7 @@ int cmd_serve(int argc, char **argv)
             break;
         }
         case O_CONNS: if (ts_parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
+        case O_MAXJOBS: if (ts_parse_long(optarg, 1, 1000000, &v)) bad = "--max-jobs"; else o.max_jobs = (int)v; break;
         case O_IDLE: if (ts_parse_long(optarg, 1, 86400, &v)) bad = "--idle-timeout"; else o.idle_timeout = (int)v; break;
         case O_HELP: usage(stdout); return 0;
         default:

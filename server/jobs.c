@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,9 +34,13 @@ job *jobs_create(server *s, job_kind kind, ts_api_kind api, const ts_gen_request
         return NULL;
     }
     j->id = ++s->next_job;
-    /* Ids are not guessable: a job's results are readable by whoever holds its id. */
-    snprintf(j->id_str, sizeof j->id_str, "j%llx%08x", (unsigned long long)j->id,
-             (unsigned)(rand() ^ (int)(server_now() * 1e6)));
+    /* Ids are not guessable: a job's results are readable by whoever holds its id, so
+     * 64 bits come from the kernel's generator (rand() could be predicted). */
+    uint64_t r;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = (uint64_t)rand() << 32 ^ (uint64_t)rand() ^ (uint64_t)(server_now() * 1e9);
+    snprintf(j->id_str, sizeof j->id_str, "j%llx%016llx", (unsigned long long)j->id,
+             (unsigned long long)r);
     j->kind = kind;
     j->api = api;
     j->req = *req;
@@ -48,6 +53,7 @@ job *jobs_create(server *s, job_kind kind, ts_api_kind api, const ts_gen_request
     j->next = s->jobs;
     s->jobs = j;
     s->n_queued++;
+    if (kind == JOB_ASYNC) s->n_async++;
     return j;
 }
 
@@ -65,6 +71,7 @@ static void job_free(server *s, job *j)
             *p = j->next;
             break;
         }
+    if (j->kind == JOB_ASYNC) s->n_async--;
     for (int i = 0; i < j->req.spec.n_images; i++) free(j->images[i].png);
     free(j->images);
     free(j);

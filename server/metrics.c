@@ -73,6 +73,9 @@ char *metrics_render(server *s)
     put(&b, "tessera_queue_depth %d\n", s->n_queued);
     head(&b, "tessera_queue_limit", "gauge", "--queue-limit: beyond it requests get 429");
     put(&b, "tessera_queue_limit %d\n", s->opt.queue_limit);
+    head(&b, "tessera_jobs_held", "gauge", "/v1/jobs held (waiting, running or finished and "
+                                           "not yet deleted or expired); --max-jobs bounds it");
+    put(&b, "tessera_jobs_held %d\n", s->n_async);
     head(&b, "tessera_running_groups", "gauge", "requests in the running batch or being decoded");
     put(&b, "tessera_running_groups %d\n", st->running);
     head(&b, "tessera_kv_blocks_total", "gauge", "KV cache blocks");

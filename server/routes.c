@@ -286,6 +286,15 @@ static enum MHD_Result start_job(conn *c, ts_api_kind api, job_kind kind)
         return send_error_hdr(c, 429, "queue_full", "Retry-After", ra,
                               "the queue is full (%d waiting); retry later", s->n_queued);
     }
+    if (kind == JOB_ASYNC && s->n_async >= s->opt.max_jobs) {
+        /* Finished results are kept until fetched and deleted or expired: refusing new
+         * jobs bounds their memory without dropping a result nobody has read yet. */
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", retry_after_seconds(s));
+        return send_error_hdr(c, 429, "too_many_jobs", "Retry-After", ra,
+                              "%d jobs are held (--max-jobs); DELETE finished ones or retry "
+                              "later", s->n_async);
+    }
     job *j = jobs_create(s, kind, api, &req);
     if (!j) return send_error(c, 500, "internal", "out of memory");
     if (ts_worker_submit(s->worker, j->id, &req.spec, &err)) {

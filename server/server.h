@@ -32,6 +32,7 @@ typedef struct serve_options {
     int threads;
     const char *device;     /* cpu, cuda or auto */
     int job_ttl;            /* seconds a finished async job is kept */
+    int max_jobs;           /* /v1/jobs held at once, finished ones included */
     double sse_ping;        /* seconds between keep-alive comments */
     int max_connections;
     int idle_timeout;       /* seconds a connection may send nothing before it is closed */
@@ -50,7 +51,7 @@ struct conn;
 
 typedef struct job {
     uint64_t id;
-    char id_str[24];
+    char id_str[40];
     job_kind kind;
     ts_api_kind api;
     ts_gen_request req;
@@ -100,6 +101,8 @@ typedef struct server {
     job *jobs;                   /* every live job */
     uint64_t next_job;
     int n_queued;                /* submitted jobs not yet admitted */
+    int n_async;                 /* /v1/jobs held (waiting, running or finished), for
+                                    --max-jobs */
     double job_seconds_ema;      /* for Retry-After */
     int draining;
     int stopping;

@@ -451,6 +451,33 @@ def test_connection_limit_and_idle_timeout():
         srv.stop()
 
 
+def test_max_jobs():
+    """--max-jobs bounds the /v1/jobs held, finished results included: beyond it new jobs
+    get 429 too_many_jobs (nothing is evicted); a DELETE makes room."""
+    srv = Server(TINY, "--max-jobs", "2")
+    try:
+        ids = [srv.json("POST", "/v1/jobs", {"class": i})[2]["id"] for i in range(2)]
+        for jid in ids:
+            end = time.time() + 30
+            while srv.json("GET", "/v1/jobs/" + jid)[2]["state"] != "completed":
+                assert time.time() < end
+                time.sleep(0.02)
+        assert srv.metrics()["tessera_jobs_held"] == 2
+        res = srv.json("POST", "/v1/jobs", {"class": 3})
+        assert error_of(res)[:2] == (429, "too_many_jobs"), res
+        assert int(res[1]["retry-after"]) >= 1
+        assert srv.request("POST", "/generate", {"class": 3})[0] == 200   # not a job
+        for jid in ids:   # both results are still there
+            assert srv.json("GET", "/v1/jobs/" + jid)[2]["state"] == "completed"
+        assert srv.json("DELETE", "/v1/jobs/" + ids[0])[0] == 200
+        assert srv.metrics()["tessera_jobs_held"] == 1
+        assert srv.json("POST", "/v1/jobs", {"class": 3})[0] == 202
+        # Ids carry 64 random bits after the counter.
+        assert all(re.fullmatch(r"j[0-9a-f]+[0-9a-f]{16}", j) for j in ids), ids
+    finally:
+        srv.stop()
+
+
 def test_openai_images_api(srv):
     status, _, body = srv.json("POST", "/v1/images/generations",
                                {"prompt": "tench", "n": 2, "size": "16x16", "seed": 3,
