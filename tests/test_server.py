@@ -396,6 +396,74 @@ def test_errors(srv):
     assert m['tessera_http_responses_total{code="422"}'] >= 17
 
 
+def raw_exchange(port, data, wait=5.0):
+    """Sends raw bytes, returns everything the server answers until it closes or goes quiet."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(wait)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return out
+
+
+def test_hostile_http(srv):
+    """Requests no client library would send: each gets the status it should, with a JSON
+    error where the server (not libmicrohttpd's framing checks) answers, and the server
+    stays up."""
+    def post(body, head=b""):
+        body = body.encode() if isinstance(body, str) else body
+        return raw_exchange(srv.port, b"POST /generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
+                            head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def get(path):
+        return raw_exchange(srv.port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+    cases = [
+        ("NUL escape", post('{"class": "a\\u0000b"}'), 400),
+        ("array nested 30000 deep", post("[" * 30000 + "]" * 30000), 400),
+        ("object nested 10000 deep", post('{"a":' * 10000 + "1" + "}" * 10000), 400),
+        ("duplicate key", post('{"class": 1, "class": 2}'), 400),
+        ("invalid UTF-8", post(b'{"class": "\xc0\xaf\xff"}'), 400),
+        ("lone surrogate", post('{"class": "\\ud800"}'), 400),
+        ("number overflow", post('{"class": 1e999}'), 400),
+        ("integer overflow", post('{"class": 123456789012345678901234567890}'), 400),
+        ("NaN", post('{"class": 1, "cfg": NaN}'), 400),
+        ("huge Content-Length", raw_exchange(srv.port, b"POST /generate HTTP/1.1\r\nHost: x\r\n"
+                                             b"Content-Length: 99999999999999\r\n\r\n{}", 2), 413),
+        ("chunked body over the limit", raw_exchange(
+            srv.port, b"POST /generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n" + b"4000\r\n" + b"a" * 0x4000 + b"\r\n" * 1 +
+            (b"4000\r\n" + b"a" * 0x4000 + b"\r\n") * 5 + b"0\r\n\r\n"), 413),
+        ("Expect: 100-continue over the limit", raw_exchange(
+            srv.port, b"POST /generate HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 100000\r\n\r\n", 2), 413),
+        ("path traversal", get(b"/../../etc/passwd"), 404),
+        ("encoded path traversal", get(b"/%2e%2e/%2e%2e/etc/passwd"), 404),
+        ("30 KB job id", get(b"/v1/jobs/" + b"a" * 30000), 404),
+        ("3000 headers", raw_exchange(srv.port, b"GET /health HTTP/1.1\r\nHost: x\r\n" +
+                                      b"".join(b"X-H%d: v\r\n" % i for i in range(3000)) + b"\r\n"), 431),
+    ]
+    for name, reply, status in cases:
+        assert reply.startswith(b"HTTP/1.1 %d " % status), (name, reply[:200])
+        head, _, body = reply.partition(b"\r\n\r\n")
+        if status != 431:   # libmicrohttpd's own answer; ours are JSON
+            assert b"application/json" in head, (name, head)
+            assert json.loads(body)["error"]["code"], (name, body[:200])
+    # Pipelined requests are answered in order.
+    reply = raw_exchange(srv.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 404 " in reply, reply[:300]
+    assert srv.request("GET", "/health")[0] == 200
+
+
 def test_connection_limit_and_idle_timeout():
     """Connections beyond --max-connections wait unaccepted until one closes; --idle-timeout
     closes a client that stalls inside its request, but never a request waiting for its
