@@ -60,6 +60,8 @@ static void usage(FILE *f)
         "  --max-jobs N         /v1/jobs held at once, finished ones included; beyond it\n"
         "                       new jobs get 429 until results are deleted or expire\n"
         "                       (default 1000)\n"
+        "  --drain-grace SECONDS  on SIGTERM, once the work is done, wait up to this long\n"
+        "                       for finished /v1/jobs results to be fetched (default 30)\n"
         "  --sse-ping SECONDS   keep-alive comment on idle streams, >= 0.1 (default 15)\n"
         "  --max-connections N  concurrent HTTP connections; more wait unaccepted in the\n"
         "                       listen backlog until one closes (default 1024)\n"
@@ -216,10 +218,21 @@ static void maybe_stop(server *s)
     if (!s->draining || s->stopping) return;
     ts_worker_state st = ts_worker_get_state(s->worker);
     if (st == TS_WORKER_LOADING) return;
-    int waiting = 0;
-    for (job *j = s->jobs; j; j = j->next) waiting += j->conn != NULL;
+    int waiting = 0, unfetched = 0;
+    for (job *j = s->jobs; j; j = j->next) {
+        waiting += j->conn != NULL;
+        unfetched += j->kind == JOB_ASYNC && !j->fetched &&
+                     (j->state == JOB_COMPLETED || j->state == JOB_FAILED);
+    }
     if (st == TS_WORKER_READY) return;   /* still finishing work */
-    if (waiting && server_now() - s->drain_started < 600) return;
+    double now = server_now();
+    if (waiting && now - s->drain_started < 600) return;
+    /* Results of /v1/jobs that finished during the drain live only here: give their
+     * clients --drain-grace seconds to fetch them before the process (and they) go. */
+    if (!s->drain_done) s->drain_done = now;
+    if (unfetched && now - s->drain_done < s->opt.drain_grace) return;
+    if (unfetched)
+        fprintf(stderr, "tessera serve: %d finished job result(s) never fetched\n", unfetched);
     close_all(s);
 }
 
@@ -230,8 +243,10 @@ static void on_signal(uv_signal_t *h, int signum)
         fprintf(stderr, "tessera serve: second signal, exiting now\n");
         exit(1);
     }
-    fprintf(stderr, "tessera serve: %s: draining (no new work; finishing %d queued and running)\n",
-            signum == SIGTERM ? "SIGTERM" : "SIGINT", s->n_queued);
+    int running = 0;
+    for (job *j = s->jobs; j; j = j->next) running += j->state == JOB_RUNNING;
+    fprintf(stderr, "tessera serve: %s: draining (no new work; finishing %d queued and %d "
+                    "running)\n", signum == SIGTERM ? "SIGTERM" : "SIGINT", s->n_queued, running);
     s->draining = 1;
     s->drain_started = server_now();
     ts_worker_drain(s->worker);
@@ -264,10 +279,10 @@ int cmd_serve(int argc, char **argv)
 {
     serve_options o = {.host = "127.0.0.1", .port = 8080, .max_batch = 16, .queue_limit = 64,
                        .preview_every = 32, .masked_preview_every = 1, .device = "auto",
-                       .job_ttl = 600, .max_jobs = 1000, .sse_ping = 15, .max_connections = 1024,
+                       .job_ttl = 600, .max_jobs = 1000, .drain_grace = 30, .sse_ping = 15, .max_connections = 1024,
                        .idle_timeout = 120, .prefill_tokens = 256};
     enum { O_MODEL = 1, O_HOST, O_PORT, O_BATCH, O_KV, O_QUEUE, O_KEYS, O_PREVIEW, O_THREADS,
-           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL, O_IDLE, O_MAXJOBS };
+           O_DEVICE, O_TTL, O_PING, O_CONNS, O_HELP, O_MPREVIEW, O_PREFILL, O_IDLE, O_MAXJOBS, O_GRACE };
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL}, {"host", required_argument, 0, O_HOST},
         {"port", required_argument, 0, O_PORT}, {"max-batch", required_argument, 0, O_BATCH},
@@ -282,6 +297,7 @@ int cmd_serve(int argc, char **argv)
         {"prefill-tokens", required_argument, 0, O_PREFILL},
         {"idle-timeout", required_argument, 0, O_IDLE},
         {"max-jobs", required_argument, 0, O_MAXJOBS},
+        {"drain-grace", required_argument, 0, O_GRACE},
         {0, 0, 0, 0}};
     long v;
     int c;
@@ -323,6 +339,7 @@ int cmd_serve(int argc, char **argv)
         }
         case O_CONNS: if (ts_parse_long(optarg, 1, 100000, &v)) bad = "--max-connections"; else o.max_connections = (int)v; break;
         case O_MAXJOBS: if (ts_parse_long(optarg, 1, 1000000, &v)) bad = "--max-jobs"; else o.max_jobs = (int)v; break;
+        case O_GRACE: if (ts_parse_long(optarg, 0, 86400, &v)) bad = "--drain-grace"; else o.drain_grace = (int)v; break;
         case O_IDLE: if (ts_parse_long(optarg, 1, 86400, &v)) bad = "--idle-timeout"; else o.idle_timeout = (int)v; break;
         case O_HELP: usage(stdout); return 0;
         default:

@@ -359,7 +359,10 @@ static enum MHD_Result job_endpoint(conn *c, const char *method, const char *id)
     server *s = c->srv;
     job *j = jobs_find(s, id);
     if (!j || j->kind != JOB_ASYNC) return send_error(c, 404, "not_found", "no job %.64s", id);
-    if (strcmp(method, "GET") == 0) return send_json(c, 200, ts_api_dump(job_json(s, j)));
+    if (strcmp(method, "GET") == 0) {
+        if (j->state >= JOB_COMPLETED) j->fetched = 1;   /* a drain need not wait for it */
+        return send_json(c, 200, ts_api_dump(job_json(s, j)));
+    }
     /* DELETE */
     if (j->state == JOB_QUEUED || j->state == JOB_RUNNING) {
         ts_worker_cancel(s->worker, j->id);   /* CANCELLED arrives later; keep the record */

@@ -33,6 +33,8 @@ typedef struct serve_options {
     const char *device;     /* cpu, cuda or auto */
     int job_ttl;            /* seconds a finished async job is kept */
     int max_jobs;           /* /v1/jobs held at once, finished ones included */
+    int drain_grace;        /* seconds a drained server waits for /v1/jobs results to be
+                               fetched before it exits */
     double sse_ping;        /* seconds between keep-alive comments */
     int max_connections;
     int idle_timeout;       /* seconds a connection may send nothing before it is closed */
@@ -67,6 +69,7 @@ typedef struct job {
     double created, started, finished;   /* monotonic seconds */
     long long created_unix;              /* wall clock, for the OpenAI `created` */
     int first_preview_seen;
+    int fetched;                 /* /v1/jobs: a GET has returned its final state */
     struct conn *conn;           /* the connection waiting on it, or NULL */
     struct job *next;
 } job;
@@ -107,6 +110,7 @@ typedef struct server {
     int draining;
     int stopping;
     double drain_started;
+    double drain_done;           /* when a drain's last job finished (0: not yet) */
     server_metrics m;
 } server;
 

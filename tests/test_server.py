@@ -539,7 +539,9 @@ def test_max_jobs():
             assert srv.json("GET", "/v1/jobs/" + jid)[2]["state"] == "completed"
         assert srv.json("DELETE", "/v1/jobs/" + ids[0])[0] == 200
         assert srv.metrics()["tessera_jobs_held"] == 1
-        assert srv.json("POST", "/v1/jobs", {"class": 3})[0] == 202
+        last = srv.json("POST", "/v1/jobs", {"class": 3})
+        assert last[0] == 202
+        assert srv.json("DELETE", "/v1/jobs/" + last[2]["id"])[0] == 200
         # Ids carry 64 random bits after the counter.
         assert all(re.fullmatch(r"j[0-9a-f]+[0-9a-f]{16}", j) for j in ids), ids
     finally:
@@ -781,6 +783,51 @@ def test_sigterm_drains():
     for status, hdrs, png in results:
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     srv.stop(signal_again=False)   # exit code 0 after the first SIGTERM
+
+
+def test_drain_keeps_job_results_until_fetched():
+    """A /v1/jobs job that finishes during the drain lives only in this process: the server
+    waits (up to --drain-grace) until its result is fetched, then exits 0 at once."""
+    srv = Server(SLOW, "--drain-grace", "60")
+    try:
+        status, _, body = srv.json("POST", "/v1/jobs", {"class": 2, "seed": 5})
+        assert status == 202
+        jid = body["id"]
+        srv.proc.send_signal(signal.SIGTERM)
+        end = time.time() + 60
+        while True:
+            status, _, job = srv.json("GET", "/v1/jobs/" + jid)
+            assert status == 200, job
+            if job["state"] == "completed":
+                break
+            assert time.time() < end and srv.proc.poll() is None
+            time.sleep(0.05)
+        assert len(job["result"]["images"]) == 1
+        t0 = time.time()
+        assert srv.proc.wait(timeout=30) == 0   # fetched: no need to wait out the grace
+        assert time.time() - t0 < 10
+        out = srv.output()
+        assert "finishing 1 queued and 0 running" in out or "finishing 0 queued and 1 running" in out, out
+    finally:
+        srv.stop(signal_again=False)
+
+
+def test_drain_grace_ends():
+    """An unfetched result keeps a drained server up for --drain-grace seconds, no longer."""
+    srv = Server(TINY, "--drain-grace", "1")
+    try:
+        jid = srv.json("POST", "/v1/jobs", {"class": 1})[2]["id"]
+        end = time.time() + 30
+        while srv.metrics()["tessera_running_groups"] or srv.metrics()["tessera_queue_depth"]:
+            assert time.time() < end
+            time.sleep(0.02)
+        t0 = time.time()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=30) == 0
+        assert 0.8 < time.time() - t0 < 10, time.time() - t0
+        assert "1 finished job result(s) never fetched" in srv.output(), jid
+    finally:
+        srv.stop(signal_again=False)
 
 
 # --------------------------------------------------------------------------- both families
