@@ -254,6 +254,19 @@ def test_class_names():
     assert open(ids).read().splitlines() == [a, b, c]
 
 
+def test_default_threads_follow_affinity():
+    """Without --threads the CPU backend uses the CPUs the process may run on (its affinity
+    mask; a container's CPU quota caps it too), not every core of the host."""
+    if not shutil.which("taskset"):
+        print("     (skipped: no taskset)")
+        return
+    out = os.path.join(WORK, "aff.png")
+    r = subprocess.run(["taskset", "-c", "0", BIN, "generate", "--model", TINY, "--class", "1",
+                        "--device", "cpu", "--out", out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "cpu (1 threads)" in r.stderr, r.stderr
+
+
 def main():
     global BIN
     if len(sys.argv) != 2:

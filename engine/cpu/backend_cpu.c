@@ -11,6 +11,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1187,12 +1188,48 @@ static const ts_backend_ops cpu_ops = {
     .masked_pick = cpu_masked_pick,
 };
 
+/* cgroup v2's cpu.max ("QUOTA PERIOD" or "max PERIOD"), else v1's cfs files: the CPUs a
+ * container may use, rounded up; 0 when unlimited or unknown. */
+static int cgroup_cpu_limit(void)
+{
+    long long quota = -1, period = 0;
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (f) {
+        char q[32];
+        if (fscanf(f, "%31s %lld", q, &period) == 2 && strcmp(q, "max") != 0)
+            quota = strtoll(q, NULL, 10);
+        fclose(f);
+    } else if ((f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r"))) {
+        if (fscanf(f, "%lld", &quota) != 1) quota = -1;
+        fclose(f);
+        if ((f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r"))) {
+            if (fscanf(f, "%lld", &period) != 1) period = 0;
+            fclose(f);
+        }
+    }
+    if (quota <= 0 || period <= 0) return 0;
+    return (int)((quota + period - 1) / period);
+}
+
+/* The default thread count: the CPUs this process may run on (its affinity mask, e.g.
+ * taskset or a cpuset), capped by a container's CPU quota, so that a pod limited to 4
+ * CPUs on a 64-core host does not run 64 threads. */
+static int default_threads(void)
+{
+    int n = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n <= 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online > 0 ? (int)online : 1;
+    }
+    int limit = cgroup_cpu_limit();
+    return limit > 0 && limit < n ? limit : n;
+}
+
 ts_backend *ts_backend_cpu_create(int n_threads, ts_error *err)
 {
-    if (n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = n > 0 ? (int)n : 1;
-    }
+    if (n_threads <= 0) n_threads = default_threads();
     if (n_threads > 256) n_threads = 256;
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c) goto oom;
