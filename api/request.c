@@ -9,6 +9,25 @@ _Static_assert(TS_API_MAX_PROMPT <= TS_SCHED_MAX_PROMPT, "a prompt must fit a jo
 #include <stdio.h>
 #include <string.h>
 
+/* Bytes of the valid UTF-8 character at s[0..n), or 0 (overlong forms, surrogates and
+ * code points past U+10FFFF are invalid, as for jansson). */
+static size_t utf8_char_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (!len || len > n) return 0;
+    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        return 0;
+    return len;
+}
+
 int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, ...)
 {
     e->status = status;
@@ -17,6 +36,17 @@ int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, 
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+    /* Messages quote the client's bytes (jansson's "near '...'" holds them raw, even
+     * invalid UTF-8) and "%.80s" or the buffer's end can cut a character in two; the
+     * error body is JSON, which must be UTF-8, or the server could not answer at all
+     * (found by tests/fuzz/fuzz_request.c). Every byte that starts no valid character
+     * becomes '?'. */
+    unsigned char *m = (unsigned char *)e->message;
+    for (size_t i = 0, n = strlen(e->message); i < n;) {
+        size_t len = utf8_char_len(m + i, n - i);
+        if (len) i += len;
+        else m[i++] = '?';
+    }
     return -1;
 }
 

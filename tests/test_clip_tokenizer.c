@@ -8,6 +8,7 @@
 #include "tests/check_util.h"
 
 #include <pthread.h>
+#include <time.h>
 
 #include "engine/text/clip_clean.h"
 #include "engine/text/clip_tokenizer.h"
@@ -226,6 +227,45 @@ START_TEST(test_long_inputs)
 }
 END_TEST
 
+/* "&" + "amp;" x levels, as code points. */
+static void nested_chain(ts_cpbuf *b, uint32_t amp, size_t levels)
+{
+    b->n = 0;
+    ck_assert_int_eq(ts_cpbuf_push(b, amp), 0);
+    for (size_t i = 0; i < levels; i++)
+        for (const char *p = "amp;"; *p; p++)
+            ck_assert_int_eq(ts_cpbuf_push(b, (uint32_t)*p), 0);
+}
+
+START_TEST(test_nested_entities_bounded)
+{
+    ts_cpbuf in = {0}, out = {0};
+    /* a chain within ftfy's reach resolves completely, one level per pass, as in ftfy */
+    nested_chain(&in, 0xFF06, 249);   /* FULLWIDTH AMPERSAND: 1000 bytes of UTF-8 */
+    ck_assert_int_eq(ts_ftfy_fix_subset(&in, &out), 0);
+    ck_assert_uint_eq(out.n, 1);
+    ck_assert_uint_eq(out.v[0], '&');
+    /* a crafted chain as long as the caption cleaning accepts (256 KB) stops within its
+     * work budget instead of taking 64K passes (minutes; a fuzzer's find); it then keeps
+     * what its last pass left: fewer levels, all of them "amp;" */
+    nested_chain(&in, 0xFF06, 64 * 1024);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_int_eq(ts_ftfy_fix_subset(&in, &out), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    ck_assert_msg(dt < 10.0, "256 KB of nested references took %.2f s", dt);
+    ck_assert_uint_gt(out.n, 1);
+    ck_assert_uint_lt(out.n, in.n);
+    ck_assert_uint_eq(out.v[0], '&');
+    ck_assert_uint_eq(out.n % 4, 1);
+    for (size_t i = 1; i < out.n; i++)
+        ck_assert_uint_eq(out.v[i], (uint32_t)"amp;"[(i - 1) % 4]);
+    ts_cpbuf_free(&in);
+    ts_cpbuf_free(&out);
+}
+END_TEST
+
 /* ---- cleanup pieces -------------------------------------------------------------- */
 
 static void expect_clean(const char *in, const char *want)
@@ -423,6 +463,7 @@ static Suite *clip_tokenizer_suite(void)
     tcase_add_test(tc, test_sweep_left_to_right);
     tcase_add_test(tc, test_context_lengths);
     tcase_add_test(tc, test_long_inputs);
+    tcase_add_test(tc, test_nested_entities_bounded);
     tcase_add_test(tc, test_cleanup);
     tcase_add_test(tc, test_concurrent_encodes);
     suite_add_tcase(s, tc);

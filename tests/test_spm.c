@@ -669,6 +669,9 @@ static void tw_leaf_outside(uint32_t *u)
     u[256 ^ 'x'] = (uint32_t)(((256 ^ 'x') ^ 4096) << 10) | 0x100u | 'x';
 }
 static void mk_cm_leaf_outside(pbw *w) { charsmap_model(w, tw_leaf_outside, "b\0Z\0", 5); }
+/* The root's base 0: byte 0 leads to unit 0 itself, whose leaf (value 256) is past the
+ * empty pool (a fuzzer's find: the check skipped unit 0 as a child). */
+static void mk_cm_root_child(pbw *w) { mk_cm(w, "\x04\x00\x00\x00" "\x00\x01\x00\x00", 8); }
 
 static const bad_model k_bad_models[] = {
     {"empty file", mk_empty, TS_ERR_FORMAT, "no piece is of type UNKNOWN"},
@@ -704,6 +707,7 @@ static const bad_model k_bad_models[] = {
     {"pool without NUL", mk_cm_pool_nul, TS_ERR_FORMAT, "do not end with a NUL"},
     {"leaf past pool", mk_cm_value, TS_ERR_FORMAT, "outside the 5-byte pool"},
     {"leaf past trie", mk_cm_leaf_outside, TS_ERR_FORMAT, "leaf lies outside the 1024-unit"},
+    {"root as a child", mk_cm_root_child, TS_ERR_FORMAT, "outside the 0-byte pool"},
 };
 #define N_BAD (int)(sizeof k_bad_models / sizeof k_bad_models[0])
 

@@ -211,6 +211,7 @@ static const char *const k_hostile[] = {
     "a-",                 /* many '-' */
     "1.",                 /* IPs, dimensions */
     "1x",
+    "1",                  /* one long number: the IP matcher scanned it from every digit */
     "ab1",                /* codes */
     "a",                  /* one long word */
     " ",                  /* one long space run */
@@ -239,10 +240,36 @@ START_TEST(test_hostile_inputs)
 }
 END_TEST
 
+/* "＆" + "amp;" x N: ftfy (step 9) resolves one nested level per pass. Short chains still
+ * resolve completely (then step 8 of round two drops the '&'); one as long as the input
+ * limit allows stops within ftfy's work budget instead of taking minutes (a fuzzer's
+ * find: quadratic in N). */
+START_TEST(test_nested_reference_chain)
+{
+    size_t levels[] = {249, (TS_T5_CLEAN_MAX_INPUT - 3) / 4};
+    for (int k = 0; k < 2; k++) {
+        size_t len = 3 + 4 * levels[k];
+        char *s = malloc(len + 1);
+        memcpy(s, "\xef\xbc\x86", 3);
+        for (size_t i = 0; i < levels[k]; i++)
+            memcpy(s + 3 + 4 * i, "amp;", 4);
+        s[len] = '\0';
+        double t0 = now_s();
+        char *out = clean_ok(s, len);
+        double dt = now_s() - t0;
+        ck_assert_msg(dt < 10.0, "%zu levels: %.2f s", levels[k], dt);
+        if (k == 0)
+            ck_assert_str_eq(out, "");
+        free(out);
+        free(s);
+    }
+}
+END_TEST
+
 /* Four times the length must take about four times as long, not sixteen. */
 START_TEST(test_linear_time)
 {
-    static const char *const units[] = {"<a b ", "a.a.", "&#x", "<!-- "};
+    static const char *const units[] = {"<a b ", "a.a.", "&#x", "<!-- ", "1"};
     for (size_t u = 0; u < sizeof units / sizeof units[0]; u++) {
         double dt[2];
         for (int k = 0; k < 2; k++) {
@@ -334,6 +361,7 @@ static Suite *t5_clean_suite(void)
     tcase_add_loop_test(tc, test_hostile_inputs, 0,
                         (int)(sizeof k_hostile / sizeof k_hostile[0]));
     tcase_add_test(tc, test_linear_time);
+    tcase_add_test(tc, test_nested_reference_chain);
     tcase_add_test(tc, test_concurrent);
     suite_add_tcase(s, tc);
     return s;

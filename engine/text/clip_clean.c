@@ -405,12 +405,24 @@ static int fix_pass(ts_cpbuf *seg, ts_cpbuf *tmp, int unescape)
     return 0;
 }
 
+/* ftfy repeats its fixes until a pass changes nothing, and each pass resolves only one
+ * level of nested references, so "&" + "amp;" x N takes N passes over the line: quadratic
+ * (tests/fuzz/fuzz_prompt.c timed out on it; 22 s for 120 KB of caption). Here the repeat
+ * passes of one call may cover at most FTFY_WORK_MIN + FTFY_WORK_PER_CP x (input length)
+ * code points in all; past that, a line keeps the result of its last pass. Every line gets
+ * its first pass. Text short of the budget is fixed exactly as ftfy does: every pass
+ * after the first that changes a line also shortens it, so n code points need at most
+ * about n^2 / 2 (a nested chain n^2 / 8): any prompt of up to about 1400 code points (the
+ * API takes 1000 bytes) and any real text reaches ftfy's fixpoint. */
+#define FTFY_WORK_MIN ((size_t)1 << 20)
+#define FTFY_WORK_PER_CP 16
+
 int ts_ftfy_fix_subset(const ts_cpbuf *in, ts_cpbuf *out)
 {
     ts_cpbuf seg = {0}, prev = {0}, tmp = {0};
     int rc = -1, unescape = 1;
     out->n = 0;
-    size_t pos = 0;
+    size_t pos = 0, work = 0, budget = FTFY_WORK_MIN + FTFY_WORK_PER_CP * in->n;
     while (pos < in->n) {
         size_t end = pos;
         while (end < in->n && in->v[end] != '\n')
@@ -423,7 +435,9 @@ int ts_ftfy_fix_subset(const ts_cpbuf *in, ts_cpbuf *out)
         for (size_t i = 0; i < seg.n; i++)
             if (seg.v[i] == '<')
                 unescape = 0;               /* ftfy: may be HTML, from here on */
-        for (;;) {                           /* until a pass changes nothing */
+        for (int first = 1;; first = 0) {    /* until a pass changes nothing */
+            if (!first && (work += seg.n) > budget)
+                break;                       /* see FTFY_WORK_MIN */
             prev.n = 0;
             if (ts_cpbuf_append(&prev, seg.v, seg.n) || fix_pass(&seg, &tmp, unescape))
                 goto done;

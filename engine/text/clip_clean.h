@@ -7,7 +7,10 @@
  *
  * ts_clip_clean reproduces all of it except part of ftfy. Of ftfy.fix_text (6.x, default
  * settings) it reproduces, in ftfy's order, per line (a segment ends after each '\n'),
- * each line's fixes repeated until nothing changes:
+ * each line's fixes repeated until nothing changes (within a work budget, which only a
+ * crafted chain of thousands of nested references such as "&amp;amp;amp;..." exhausts:
+ * then the line keeps its last pass's result where ftfy would go on, one level per pass,
+ * in quadratic time; see FTFY_WORK_MIN in clip_clean.c):
  *   - unescape_html: "&name;" for HTML5 entities, ftfy's upper-cased spellings
  *     ("&EACUTE;" -> "É"), and "&#N;" / "&#xH;" (kept as is when they decode to ';');
  *     like ftfy, only while no line so far has contained a '<';

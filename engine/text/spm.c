@@ -382,8 +382,12 @@ static int charsmap_load(ts_spm *m, str_ref blob, ts_error *err)
         rc = ts_fail(err, TS_ERR_NOMEM, "model: out of memory checking the charsmap");
         goto done;
     }
+    /* The root is not marked seen: unit 0 can also be a node (the child of the root for
+     * label base ^ 0 == 0 when the root's base is below 256), and lookups then read its
+     * leaf, which must be checked like any other (found by tests/fuzz/fuzz_spm_model.c:
+     * a one-unit trie read the pool out of bounds). The root's base may then be pushed a
+     * second time, which visits nothing new: top <= n + 1 still. */
     size_t top = 0;
-    seen[0] = 1;
     stack[top++] = unit_offset(m->units[0]);
     while (top > 0 && rc == TS_OK) {
         size_t base = stack[--top];

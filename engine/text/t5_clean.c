@@ -329,7 +329,8 @@ static int strip_copy(const ts_cpbuf *in, ts_cpbuf *out)
     while (b > a && is_space(in->v[b - 1]))
         b--;
     out->n = 0;
-    return ts_cpbuf_append(out, in->v + a, b - a);
+    /* An empty text may have no array: NULL + 0 is undefined in C (UBSan, fuzz_prompt). */
+    return a < b ? ts_cpbuf_append(out, in->v + a, b - a) : 0;
 }
 
 /* ---- step 3: "<person>" ------------------------------------------------------------ */
@@ -1429,13 +1430,17 @@ static int m_amp(const uint32_t *s, size_t n, size_t i, size_t *end)
 /* ---- step 7: IPs, article ids, "\n", #tags, long numbers, file names ------------- */
 
 /* \d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}: a group before a '.' must be a whole run of 1-3
- * digits (giving digits back leaves a digit, not '.', next); the last takes up to 3. */
+ * digits (giving digits back leaves a digit, not '.', next); the last takes up to 3.
+ * A group looks at 4 digits at most: scanning the whole run from every position made a
+ * long run of digits quadratic (tests/fuzz/fuzz_prompt.c: 64 KB took 70 s there). */
 static int m_ip(const uint32_t *s, size_t n, size_t i, size_t *end)
 {
     size_t p = i;
     *end = i + 1;
     for (int g = 0; g < 3; g++) {
-        size_t e = run_digits(s, n, p);
+        size_t e = p;
+        while (e < n && e < p + 4 && is_digit(s[e]))
+            e++;
         if (e == p || e - p > 3 || at(s, n, e) != '.')
             return 0;
         p = e + 1;
