@@ -71,7 +71,7 @@ WEB_FILES  := $(sort $(wildcard web/*.html web/*.js web/*.css web/*.png web/*.sv
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test test-c test-python test-web test-gpu clean run sample format
+.PHONY: all test test-c test-python test-web test-gpu test-fuzz test-soak fuzz fuzz-build clean run sample format
 
 all: $(BUILD)/tessera
 
@@ -110,7 +110,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libtessera.a
 	$(CC) $(LDSAN) -o $@ $^ $(LDLIBS) $(CHECK_LIBS)
 
 # Every test binary runs from the repository root (fixtures are found relative to it).
-test: test-c test-python test-web
+test: test-c test-python test-web test-fuzz test-soak
 
 test-c: $(TEST_BIN) $(BUILD)/tessera
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; ./$$t; done
@@ -129,7 +129,25 @@ test-python: $(BUILD)/tessera $(BUILD)/tests/test_clip_tokenizer $(BUILD)/tests/
 	$(PYTHON) tests/reference/test_spm.py $(BUILD)/tests/test_spm
 	$(PYTHON) tests/reference/test_t5_clean.py $(BUILD)/tests/test_t5_clean
 	$(PYTHON) tests/test_server.py $(BUILD)/tessera
+	$(PYTHON) tests/test_lb.py $(BUILD)/tessera
 	$(PYTHON) tests/test_default_model.py $(BUILD)/tessera
+	$(PYTHON) tests/test_deploy.py $(BUILD)/tessera
+
+# Many clients for SOAK_SECONDS against one server running every family, with disconnects,
+# cancels, a full queue and hostile input (tests/soak.py); it ends with no KV block held,
+# no 5xx and a clean drain. It matters under the sanitizers, so `make test` runs it only
+# with SANITIZE=1 (where LeakSanitizer turns any leak into a failure); `make test-soak`
+# runs it on the normal build.
+SOAK_SECONDS ?= 150
+ifeq ($(SANITIZE),1)
+test-soak: $(BUILD)/tessera
+	$(PYTHON) tests/soak.py $(BUILD)/tessera --seconds $(SOAK_SECONDS)
+else
+test-soak:
+	@if [ "$(filter test-soak,$(MAKECMDGOALS))" ]; then $(MAKE) --no-print-directory $(BUILD)/tessera && \
+	    $(PYTHON) tests/soak.py $(BUILD)/tessera --seconds $(SOAK_SECONDS); \
+	else echo "test-soak: runs in make test SANITIZE=1 (or make test-soak)"; fi
+endif
 
 # On a machine with an NVIDIA GPU: the CUDA kernels against the CPU backend, then the
 # server's whole suite with --device cuda (both say so and skip the GPU parts without one).
@@ -140,6 +158,53 @@ test-gpu: $(BUILD)/tests/test_cuda $(BUILD)/tessera
 # The web page in headless Chromium and the official OpenAI Node SDK, against the real server.
 test-web: $(BUILD)/tessera
 	bash tests/web/run.sh $(BUILD)/tessera
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c; tests/fuzz/README.md), built with clang and its
+# own sanitizers into build-fuzz/ (no CUDA). `make fuzz FUZZ_SECONDS=600` runs each target
+# that long on its committed corpus (tests/fuzz/corpus/<target>/, only read) plus a scratch
+# one in build-fuzz/corpus/ that keeps what it finds; crashes, slow inputs (-timeout) and
+# memory blow-ups (-rss_limit_mb) fail it, with the input in build-fuzz/artifacts/.
+# `make test` runs them FUZZ_SECONDS (20) each as test-fuzz, except under SANITIZE=1; it
+# skips them, saying so, when clang cannot link libFuzzer.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 20
+FUZZ_FLAGS   ?= -timeout=10 -rss_limit_mb=2048
+FUZZ_NAMES   := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN     := $(FUZZ_NAMES:%=build-fuzz/fuzz/%)
+
+# (made by the fuzz-build sub-make, where BUILD is build-fuzz and CC clang)
+build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libtessera.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< build-fuzz/libtessera.a $(LDLIBS)
+
+fuzz-build:
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) CUDA=0 SANITIZE=0 \
+	    OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+	    $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	@mkdir -p build-fuzz/artifacts; failed=""; \
+	for t in $(FUZZ_NAMES); do \
+	    echo "== $$t: $(FUZZ_SECONDS) s"; mkdir -p build-fuzz/corpus/$$t; \
+	    dict=""; [ -f tests/fuzz/$$t.dict ] && dict="-dict=tests/fuzz/$$t.dict"; \
+	    if ./build-fuzz/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) $$dict \
+	        -artifact_prefix=build-fuzz/artifacts/$$t- build-fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+	        > build-fuzz/$$t.log 2>&1; then grep -E '^Done' build-fuzz/$$t.log; \
+	    else tail -n 40 build-fuzz/$$t.log; failed="$$failed $$t"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (logs in build-fuzz/, inputs in build-fuzz/artifacts/)"; exit 1; fi
+
+test-fuzz:
+ifeq ($(SANITIZE),1)
+	@echo "test-fuzz: skipped under SANITIZE=1 (the fuzz build has its own sanitizers: make fuzz)"
+else
+	@if printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' \
+	    | $(FUZZ_CC) -x c -fsanitize=fuzzer -o /dev/null - 2>/dev/null; then \
+	    $(MAKE) fuzz; \
+	else \
+	    echo "test-fuzz: SKIPPED: $(FUZZ_CC) cannot link libFuzzer (scripts/install-deps.sh installs clang)"; \
+	fi
+endif
 
 # Serves the default model that ships in models/ (64x64 emoji, trained by
 # tools/train_default.sh) on http://$(HOST):$(PORT)/ - the web page, the REST API and
@@ -159,6 +224,6 @@ format:
 	clang-format -i $(LIB_SRC) $(SERVER_SRC) $(TEST_SRC) $(wildcard engine/*.h engine/*/*.h api/*.h server/*.h tests/*.h)
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

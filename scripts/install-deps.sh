@@ -11,15 +11,18 @@ packages=(
     libpng-dev zlib1g-dev           # PNG output
     libopenblas-dev                 # BLAS for the CPU backend (pulls libopenblas0-pthread)
     check libsubunit-dev            # unit tests
+    clang libclang-rt-14-dev        # the libFuzzer targets (tests/fuzz/, make fuzz); the runtime is only a Recommends
     python3 python3-numpy python3-torch   # converter, PyTorch reference, fixtures
     python3-regex                   # CLIP tokenizer reference (\p{L} classes)
     python3-sentencepiece           # T5 tokenizer reference (tests/reference/test_spm.py)
     python3-bs4                     # caption-cleaning reference (tests/reference/t5_clean_ref.py)
     python3-torchvision             # ImageNet class names for converted models
     python3-pil                     # images in tools/ and the default model's tests
+    python3-yaml                    # Kubernetes and compose files (tests/test_deploy.py)
     fonts-noto-color-emoji unicode-data   # the default model's dataset (tools/make_emoji_dataset.py)
     time                            # /usr/bin/time for peak memory in bench/
     chromium                        # the web page's test in a real browser (tests/web/)
+    nginx                           # load-balancer test (tests/test_lb.py runs its own on free ports)
 )
 
 sudo=""
