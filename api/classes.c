@@ -7,22 +7,56 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Lower-cases s[0..n) into out with runs of spaces folded and ends trimmed. */
-static void normalise(const char *s, size_t n, char *out, size_t cap)
+/* Walks s[0..n) as it reads once lower-cased, with runs of spaces folded to one and the
+ * ends trimmed, so that two names compare whole at any length without a copy. */
+typedef struct norm_walk {
+    const char *s;
+    size_t n, i;
+    int out;       /* characters given so far */
+    int space;     /* a space is owed before the next character */
+} norm_walk;
+
+static norm_walk walk_start(const char *s, size_t n)
 {
-    size_t o = 0;
-    int space = 0;
-    for (size_t i = 0; i < n && o + 1 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (isspace(c)) {
-            space = o > 0;
-            continue;
-        }
-        if (space && o + 2 < cap) out[o++] = ' ';
-        space = 0;
-        out[o++] = (char)tolower(c);
+    return (norm_walk){.s = s, .n = n};
+}
+
+/* The next character, or -1 at the end. */
+static int walk_next(norm_walk *w)
+{
+    while (w->i < w->n && isspace((unsigned char)w->s[w->i])) {
+        w->space = w->out > 0;
+        w->i++;
     }
-    out[o] = '\0';
+    if (w->i == w->n) return -1;
+    w->out++;
+    if (w->space) {
+        w->space = 0;
+        return ' ';
+    }
+    return tolower((unsigned char)w->s[w->i++]);
+}
+
+static int same_name(const char *a, size_t na, const char *b, size_t nb)
+{
+    norm_walk x = walk_start(a, na), y = walk_start(b, nb);
+    for (;;) {
+        int c = walk_next(&x), d = walk_next(&y);
+        if (c != d) return 0;
+        if (c < 0) return 1;
+    }
+}
+
+/* A class id written in decimal, spaces around it allowed; -1 if prompt is not one. */
+static long decimal_id(const char *prompt)
+{
+    while (isspace((unsigned char)*prompt)) prompt++;
+    if (!isdigit((unsigned char)*prompt)) return -1;
+    char *end;
+    errno = 0;
+    long id = strtol(prompt, &end, 10);
+    while (isspace((unsigned char)*end)) end++;
+    return *end || errno ? -1 : id;
 }
 
 int ts_classes_load(const char *path, int n_classes, ts_class_table *t, ts_error *err)
@@ -75,23 +109,18 @@ void ts_classes_free(ts_class_table *t)
 
 int ts_classes_lookup(const ts_class_table *t, int n_classes, const char *prompt)
 {
-    char want[512], got[512];
-    normalise(prompt, strlen(prompt), want, sizeof want);
-    if (!want[0]) return -1;
-    char *end;
-    errno = 0;
-    long id = strtol(want, &end, 10);
-    if (isdigit((unsigned char)want[0]) && !*end && !errno)
-        return id < n_classes ? (int)id : -1;
+    size_t n_prompt = strlen(prompt);
+    norm_walk w = walk_start(prompt, n_prompt);
+    if (walk_next(&w) < 0) return -1;   /* empty or only spaces */
+    long id = decimal_id(prompt);
+    if (id >= 0) return id < n_classes ? (int)id : -1;
     for (int i = 0; i < t->n; i++) {
         const char *line = t->names[i];
-        normalise(line, strlen(line), got, sizeof got);
-        if (strcmp(got, want) == 0) return i;
+        if (same_name(line, strlen(line), prompt, n_prompt)) return i;
         for (const char *p = line; *p;) {
             const char *comma = strchr(p, ',');
             size_t n = comma ? (size_t)(comma - p) : strlen(p);
-            normalise(p, n, got, sizeof got);
-            if (strcmp(got, want) == 0) return i;
+            if (same_name(p, n, prompt, n_prompt)) return i;
             p += n + (comma ? 1 : 0);
         }
     }
