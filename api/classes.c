@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Walks s[0..n) as it reads once lower-cased, with runs of spaces folded to one and the
- * ends trimmed, so that two names compare whole at any length without a copy. */
+/* Walks s[0..n) as lookups compare it: lower case, runs of spaces folded to one, the ends
+ * trimmed. Two names then compare whole, at any length, without a copy. */
 typedef struct norm_walk {
     const char *s;
     size_t n, i;
