@@ -1,6 +1,8 @@
 /* request.c - see request.h. */
 #include "request.h"
 
+#include "engine/text/unicode.h"
+
 _Static_assert(TS_API_MAX_PROMPT <= TS_SCHED_MAX_PROMPT, "a prompt must fit a job spec");
 
 #include <jansson.h>
@@ -8,25 +10,6 @@ _Static_assert(TS_API_MAX_PROMPT <= TS_SCHED_MAX_PROMPT, "a prompt must fit a jo
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-/* Bytes of the valid UTF-8 character at s[0..n), or 0 (overlong forms, surrogates and
- * code points past U+10FFFF are invalid, as for jansson). */
-static size_t utf8_char_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
-               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (!len || len > n) return 0;
-    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return len;
-}
 
 int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, ...)
 {
@@ -43,7 +26,8 @@ int ts_api_fail(ts_api_error *e, int status, const char *code, const char *fmt, 
      * becomes '?'. */
     unsigned char *m = (unsigned char *)e->message;
     for (size_t i = 0, n = strlen(e->message); i < n;) {
-        size_t len = utf8_char_len(m + i, n - i);
+        uint32_t cp;
+        size_t len = ts_utf8_char(m + i, n - i, &cp);
         if (len) i += len;
         else m[i++] = '?';
     }

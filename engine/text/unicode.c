@@ -60,50 +60,40 @@ void ts_cpbuf_swap(ts_cpbuf *a, ts_cpbuf *b)
 
 /* ---- UTF-8 ----------------------------------------------------------------------- */
 
+size_t ts_utf8_char(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (!len || len > n)   /* not a lead byte, or a truncated sequence */
+        return 0;
+    uint32_t v = len == 1 ? c : c & (0x7Fu >> len);
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xC0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[k] & 0x3F);
+    }
+    /* overlong 3/4-byte forms, surrogates, beyond U+10FFFF */
+    if ((len == 3 && v < 0x800) || (len == 4 && (v < 0x10000 || v > 0x10FFFF)) ||
+        (v >= 0xD800 && v <= 0xDFFF))
+        return 0;
+    *cp = v;
+    return len;
+}
+
 int ts_utf8_decode(const char *s, size_t len, ts_cpbuf *out, size_t *bad_at)
 {
     const unsigned char *p = (const unsigned char *)s;
     if (ts_cpbuf_reserve(out, len))
         return -1;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = p[i];
-        uint32_t cp;
-        int extra;
-        if (c < 0x80) {
-            out->v[out->n++] = c;
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            cp = c & 0x1F, extra = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            cp = c & 0x0F, extra = 2;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            cp = c & 0x07, extra = 3;
-        } else {
+    for (size_t i = 0; i < len;) {
+        size_t n = ts_utf8_char(p + i, len - i, &out->v[out->n]);
+        if (!n) {
             *bad_at = i;
             return 1;
         }
-        if ((size_t)extra >= len - i) {    /* truncated sequence */
-            *bad_at = i;
-            return 1;
-        }
-        for (int k = 1; k <= extra; k++) {
-            unsigned cc = p[i + k];
-            if ((cc & 0xC0) != 0x80) {
-                *bad_at = i;
-                return 1;
-            }
-            cp = (cp << 6) | (cc & 0x3F);
-        }
-        /* overlong 3/4-byte forms, surrogates, beyond U+10FFFF */
-        if ((extra == 2 && cp < 0x800) || (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF)) {
-            *bad_at = i;
-            return 1;
-        }
-        out->v[out->n++] = cp;
-        i += (size_t)extra + 1;
+        out->n++;
+        i += n;
     }
     return 0;
 }

@@ -33,6 +33,9 @@ void ts_cpbuf_swap(ts_cpbuf *a, ts_cpbuf *b);
  * Python's bytes.decode("utf-8") accepts it. Appends to out. Returns 0, -1 when out of
  * memory, or 1 when s is not valid UTF-8, with *bad_at the offset of the first bad byte. */
 int ts_utf8_decode(const char *s, size_t len, ts_cpbuf *out, size_t *bad_at);
+/* The byte count (1-4) of the valid character that starts s[0..n), n > 0, with its code
+ * point in *cp; 0 when none starts there (the same strict rules). */
+size_t ts_utf8_char(const unsigned char *s, size_t n, uint32_t *cp);
 /* Writes cp's UTF-8 form (1-4 bytes) to out; returns the byte count. */
 int ts_utf8_encode(uint32_t cp, unsigned char out[4]);
 
