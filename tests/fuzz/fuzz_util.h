@@ -50,7 +50,9 @@ static inline const char *fz_fixture(const char *rel)
     return rel;
 }
 
-/* 1 when s[0..n) is valid UTF-8 (no overlong forms, surrogates or values past U+10FFFF). */
+/* 1 when s[0..n) is valid UTF-8 (no overlong forms, surrogates or values past U+10FFFF).
+ * Written apart from engine/text/unicode.c's ts_utf8_char on purpose: it is the oracle
+ * for what that code produces, so a bug there must not pass its own check. */
 static inline int fz_utf8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
